@@ -1,0 +1,41 @@
+# Synthetic vs retrieved training images: the whole comparison as one workflow.
+#
+#   snakemake --cores 8 results/tables/all.csv
+#
+# Stages, one file each in rules/, data flowing one way:
+#   world      (demo only) pool + images served over HTTP, tiny CLIP, tiny SD pipeline, kNN index, datasets
+#   tasks      class names, templates, split manifests            results/tasks/{task}/
+#   prompts    generator prompts and retrieval queries            results/prompts/{task}/
+#   synthetic  generated webdataset shards + manifests            results/synthetic/{task}/
+#   retrieval  kNN + substring hits, img2dataset download         results/retrieval/{task}/
+#   curate     CLIP-score filter, eval-set dedup, per source      results/curated/{task}/{source}/
+#   finetune   one cell per (task, source, scale, seed)           results/cells/{task}/{source}/n{scale}/seed{seed}/
+#   aggregate  the table and the figures                          results/tables/all.csv, results/plots/
+# Logs mirror the results under logs/, Snakemake benchmark records under results/benchmarks/.
+
+import os
+
+from snakemake.utils import min_version
+
+min_version("9.21.1")
+
+
+# the default config sits next to this file, so that `--directory elsewhere` still finds it
+configfile: os.path.join(workflow.basedir, "config.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/world.smk"
+include: "rules/tasks.smk"
+include: "rules/prompts.smk"
+include: "rules/synthetic.smk"
+include: "rules/retrieval.smk"
+include: "rules/curate.smk"
+include: "rules/finetune.smk"
+include: "rules/aggregate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.aggregate.output,

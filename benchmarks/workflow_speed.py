@@ -1,0 +1,108 @@
+"""Wall time of the workflow end to end, and of a no-op rerun, written as JSON with the machine described.
+
+    python benchmarks/workflow_speed.py --config smoke     # configs/smoke.yaml, <= 3 min on 2 cores
+    python benchmarks/workflow_speed.py --config demo      # config.yaml, <= 10 min on 2 cores
+
+Each run starts from an empty working directory (nothing cached), runs
+`snakemake --cores 8 results/tables/all.csv`, then runs it again and times that no-op rerun
+(Snakemake's own wall time: the process from start to "Nothing to be done").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = {"smoke": 180.0, "demo": 600.0}  # seconds, from the issue
+NOOP_TARGET = 2.0
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    import torch
+
+    cpu = ""
+    if Path("/proc/cpuinfo").exists():
+        match = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+        cpu = match.group(1) if match else ""
+    mem = ""
+    if Path("/proc/meminfo").exists():
+        kb = int(re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text()).group(1))
+        mem = f"{kb / 2**20:.1f} GiB"
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "memory": mem, "platform": platform.platform(),
+        "python": platform.python_version(), "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_before": os.getloadavg(),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd: list[str], cwd: Path) -> tuple[float, str]:
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    seconds = time.time() - start
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return seconds, proc.stdout + proc.stderr
+
+
+def job_seconds(workdir: Path) -> dict:
+    """Wall seconds per rule, summed over its jobs, from Snakemake's benchmark records."""
+    totals: dict[str, float] = {}
+    for tsv in (workdir / "results" / "benchmarks").rglob("*.tsv"):
+        rule = tsv.relative_to(workdir / "results" / "benchmarks").parts[0:2]
+        seconds = float(tsv.read_text().splitlines()[1].split("\t")[0])
+        key = "/".join(rule) if rule[0] == "world" else rule[0]
+        totals[key] = round(totals.get(key, 0.0) + seconds, 1)
+    return dict(sorted(totals.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=sorted(TARGETS), default="smoke")
+    parser.add_argument("--cores", default="8")
+    parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    args = parser.parse_args()
+
+    info = {"benchmark": f"workflow_speed/{args.config}", "machine": machine()}
+    workdir = Path(tempfile.mkdtemp(prefix=f"synret-bench-{args.config}-"))
+    port = workdir / "port.yaml"
+    port.write_text(f"world: {{base_url: 'http://127.0.0.1:{free_port()}'}}\n")
+    configs = ([str(REPO / "configs" / "smoke.yaml")] if args.config == "smoke" else []) + [str(port)]
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", *configs, "--cores", args.cores, "results/tables/all.csv"]
+
+    info["end_to_end_seconds"], _ = run(cmd, REPO)
+    info["noop_rerun_seconds"], out = run(cmd, REPO)
+    assert "Nothing to be done" in out, "the second run should have nothing to do"
+    info["seconds_by_rule"] = job_seconds(workdir)
+    info["targets"] = {"end_to_end_seconds": TARGETS[args.config], "noop_rerun_seconds": NOOP_TARGET}
+    info["met"] = {"end_to_end": info["end_to_end_seconds"] <= TARGETS[args.config],
+                   "noop_rerun": info["noop_rerun_seconds"] <= NOOP_TARGET}
+    info["results_table"] = (workdir / "results" / "tables" / "all.csv").read_text()
+    info["workdir"] = str(workdir) if args.keep else None
+    out_path = REPO / "benchmarks" / "results" / f"workflow_speed_{args.config}.json"
+    out_path.write_text(json.dumps(info, indent=2) + "\n")
+    print(json.dumps({k: info[k] for k in ("end_to_end_seconds", "noop_rerun_seconds", "met")}, indent=2))
+    if not args.keep:
+        subprocess.run(["rm", "-rf", str(workdir)])
+
+
+if __name__ == "__main__":
+    main()

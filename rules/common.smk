@@ -1,0 +1,189 @@
+# Config validation, wildcard constraints and the input/params functions every stage uses.
+# Params carry exactly the slice of config a job depends on, in canonical form, so that a config edit
+# reruns only the jobs it touches. Scripts read snakemake.params, never snakemake.config.
+
+import glob
+import os
+import sys
+
+from snakemake.exceptions import WorkflowError
+
+# The package that holds the logic lives in src/; make it importable here and in every job, also
+# where it is not pip-installed (e.g. a conda env built from envs/ with --sdm conda).
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+
+from synret.workflow import prepare_job_environment
+
+prepare_job_environment(os.path.join(workflow.basedir, "src"))
+
+from synret.config import (
+    WORLD_PRODUCTS,
+    ConfigError,
+    canonical,
+    check_config,
+    produced_by_world,
+    serve_settings,
+    shard_count,
+    stage_settings,
+    task_definition,
+)
+
+try:
+    check_config(config, os.path.join(workflow.basedir, "config.schema.yaml"))
+except ConfigError as e:
+    raise WorkflowError(str(e))
+
+
+TASKS = config["tasks"]
+SOURCES = config["sources"]
+SCALES = config["scales"]
+SEEDS = config["seeds"]
+WORLD = config["world"]
+
+
+wildcard_constraints:
+    task="|".join(TASKS),
+    source="synthetic|retrieved",
+    scale=r"\d+",
+    seed=r"\d+",
+    shard=r"\d{5}",
+    part=r"\d{5}",
+
+
+resource_scopes:
+    gpu="local",
+
+
+# ---------------------------------------------------------------- settings as params
+
+
+def settings_of(stage):
+    """A params function: the stage's settings for the job's task (global block + task override)."""
+
+    def get(wildcards):
+        return stage_settings(config, stage, wildcards.task)
+
+    return get
+
+
+def retrieval_setting(key):
+    """A params function: one part of the retrieval settings (knn, substring, drop_nsfw, download)."""
+
+    def get(wildcards):
+        return stage_settings(config, "retrieval", wildcards.task)[key]
+
+    return get
+
+
+def task_definition_of(wildcards):
+    return task_definition(config, wildcards.task)
+
+
+def clip_params():
+    return canonical({k: config["clip"].get(k) for k in ("model", "pretrained", "cache_dir", "precision")})
+
+
+# ---------------------------------------------------------------- local models and data as inputs
+
+
+def local_input(path):
+    """A local path as an input when a rule of this workflow makes it or it exists; hub ids give []."""
+    if not path:
+        return []
+    if produced_by_world(config, path) or os.path.exists(path):
+        return [path]
+    return []
+
+
+def clip_model_input(name=None):
+    name = name or config["clip"]["model"]
+    return local_input(name[len("local-dir:") :]) if name.startswith("local-dir:") else []
+
+
+def knn_model():
+    return config["pool"].get("knn_model") or config["clip"]["model"]
+
+
+def pool_parts():
+    """The pool's metadata parquet files, in order."""
+    if WORLD:
+        return [f"{WORLD_PRODUCTS['pool']}/metadata/part-{i:05d}.parquet" for i in range(WORLD["pool"]["parts"])]
+    return sorted(glob.glob(config["pool"]["metadata"]))
+
+
+def pool_part(wildcards):
+    return pool_parts()[int(wildcards.part)]
+
+
+def dataset_root_input(wildcards):
+    return local_input(task_definition(config, wildcards.task)["dataset"]["root"])
+
+
+# ---------------------------------------------------------------- the two arms
+
+
+def shard_size_of(wildcards):
+    return stage_settings(config, "synthetic", wildcards.task)["shard_size"]
+
+
+def synthetic_shard_ids(task):
+    images = stage_settings(config, "prompts", task)["images"]
+    size = stage_settings(config, "synthetic", task)["shard_size"]
+    return [f"{i:05d}" for i in range(shard_count(images, size))]
+
+
+def synthetic_outputs(task):
+    return {
+        "shards": expand("results/synthetic/{task}/shard-{shard}.tar", task=task, shard=synthetic_shard_ids(task)),
+        "manifests": expand(
+            "results/synthetic/{task}/shard-{shard}.parquet", task=task, shard=synthetic_shard_ids(task)
+        ),
+    }
+
+
+def source_images(wildcards):
+    """What a source of a task consists of: its images and the manifests that list them."""
+    if wildcards.source == "synthetic":
+        return synthetic_outputs(wildcards.task)
+    return {
+        "shards": f"results/retrieval/{wildcards.task}/download",
+        "manifests": f"results/retrieval/{wildcards.task}/download_manifest.parquet",
+    }
+
+
+def retrieval_hit_inputs(wildcards):
+    settings = stage_settings(config, "retrieval", wildcards.task)
+    hits = {}
+    if settings["knn"]["enabled"]:
+        hits["knn"] = f"results/retrieval/{wildcards.task}/knn_hits.parquet"
+    if settings["substring"]["enabled"]:
+        hits["substring"] = expand(
+            "results/retrieval/{task}/substring/{part}.parquet",
+            task=wildcards.task,
+            part=[f"{i:05d}" for i in range(len(pool_parts()))],
+        )
+    return hits
+
+
+def serve_input():
+    """The folder served during downloads; for the world, its images (the rest is metadata)."""
+    serve = config["pool"].get("serve")
+    if not serve:
+        return []
+    if produced_by_world(config, serve["root"]):
+        return [f"{WORLD_PRODUCTS['pool']}/images"]
+    return local_input(serve["root"])
+
+
+# ---------------------------------------------------------------- the grid
+
+
+def cell_metrics():
+    cells = expand(
+        "results/cells/{task}/{source}/n{scale}/seed{seed}/metrics.json",
+        task=TASKS,
+        source=SOURCES,
+        scale=SCALES,
+        seed=SEEDS,
+    )
+    return cells + expand("results/cells/{task}/zeroshot/metrics.json", task=TASKS)

@@ -1,0 +1,29 @@
+# Curate each source of each task: CLIP-score filtering per class and dedup against the task's
+# evaluation images (both arms alike), with a per-image manifest of what was kept and why not.
+
+
+rule curate:
+    input:
+        unpack(source_images),
+        task="results/tasks/{task}/task.json",
+        train="results/tasks/{task}/train.parquet",
+        val="results/tasks/{task}/val.parquet",
+        test="results/tasks/{task}/test.parquet",
+        model=clip_model_input(),
+    output:
+        manifest="results/curated/{task}/{source}/manifest.parquet",
+        summary="results/curated/{task}/{source}/summary.json",
+    log:
+        "logs/curate/{task}/{source}.log",
+    benchmark:
+        "results/benchmarks/curate/{task}/{source}.tsv"
+    params:
+        curate=settings_of("curate"),
+        clip=clip_params(),
+    threads: 2
+    resources:
+        gpu=1,
+    conda:
+        "../envs/synret.yaml"
+    script:
+        "../workflow_scripts/curate.py"

@@ -1,0 +1,54 @@
+# One job per cell of the grid: finetune on the cell's nested subset of a curated source, then
+# evaluate on the task's val and test splits. Zero-shot cells evaluate the untouched model.
+
+
+rule finetune:
+    input:
+        unpack(source_images),
+        curated="results/curated/{task}/{source}/manifest.parquet",
+        task="results/tasks/{task}/task.json",
+        val="results/tasks/{task}/val.parquet",
+        test="results/tasks/{task}/test.parquet",
+        model=clip_model_input(),
+    output:
+        metrics="results/cells/{task}/{source}/n{scale}/seed{seed}/metrics.json",
+        train_manifest="results/cells/{task}/{source}/n{scale}/seed{seed}/train_manifest.parquet",
+    log:
+        "logs/cells/{task}/{source}/n{scale}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/cells/{task}/{source}/n{scale}/seed{seed}.tsv"
+    params:
+        finetune=settings_of("finetune"),
+        evaluate=settings_of("evaluate"),
+        clip=clip_params(),
+    threads: 1
+    resources:
+        gpu=1,
+    conda:
+        "../envs/synret.yaml"
+    script:
+        "../workflow_scripts/finetune.py"
+
+
+rule zeroshot:
+    input:
+        task="results/tasks/{task}/task.json",
+        val="results/tasks/{task}/val.parquet",
+        test="results/tasks/{task}/test.parquet",
+        model=clip_model_input(),
+    output:
+        metrics="results/cells/{task}/zeroshot/metrics.json",
+    log:
+        "logs/cells/{task}/zeroshot.log",
+    benchmark:
+        "results/benchmarks/cells/{task}/zeroshot.tsv"
+    params:
+        evaluate=settings_of("evaluate"),
+        clip=clip_params(),
+    threads: 1
+    resources:
+        gpu=1,
+    conda:
+        "../envs/synret.yaml"
+    script:
+        "../workflow_scripts/finetune.py"

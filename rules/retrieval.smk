@@ -1,0 +1,77 @@
+# Retrieved arm: CLIP kNN search (text-to-image and text-to-text) over a faiss index in
+# clip-retrieval's layout, caption matching over the pool's metadata parts (one job per part), the
+# union of the hits without NSFW rows, and the download of their URLs with img2dataset.
+
+
+rule knn_query:
+    input:
+        queries="results/prompts/{task}/queries.parquet",
+        index=config["pool"].get("knn_index") or [],
+        model=clip_model_input(knn_model()),
+    output:
+        "results/retrieval/{task}/knn_hits.parquet",
+    log:
+        "logs/retrieval/{task}/knn.log",
+    params:
+        knn=retrieval_setting("knn"),
+        model=knn_model(),
+        columns=canonical(config["pool"]["columns"]),
+    threads: 2
+    conda:
+        "../envs/synret.yaml"
+    script:
+        "../workflow_scripts/knn_query.py"
+
+
+rule substring_scan:
+    input:
+        queries="results/prompts/{task}/queries.parquet",
+        part=pool_part,
+    output:
+        "results/retrieval/{task}/substring/{part}.parquet",
+    log:
+        "logs/retrieval/{task}/substring-{part}.log",
+    params:
+        columns=canonical(config["pool"]["columns"]),
+    conda:
+        "../envs/synret.yaml"
+    script:
+        "../workflow_scripts/substring_scan.py"
+
+
+rule retrieval_candidates:
+    input:
+        unpack(retrieval_hit_inputs),
+    output:
+        candidates="results/retrieval/{task}/candidates.parquet",
+        counts="results/retrieval/{task}/candidates.json",
+    log:
+        "logs/retrieval/{task}/candidates.log",
+    params:
+        drop_nsfw=retrieval_setting("drop_nsfw"),
+    conda:
+        "../envs/synret.yaml"
+    script:
+        "../workflow_scripts/retrieval_candidates.py"
+
+
+rule fetch_retrieved:
+    input:
+        candidates="results/retrieval/{task}/candidates.parquet",
+        served=serve_input(),
+    output:
+        download=directory("results/retrieval/{task}/download"),
+        manifest="results/retrieval/{task}/download_manifest.parquet",
+        counts="results/retrieval/{task}/download.json",
+    log:
+        "logs/retrieval/{task}/fetch.log",
+    benchmark:
+        "results/benchmarks/retrieval/{task}/fetch.tsv"
+    params:
+        download=retrieval_setting("download"),
+        serve=serve_settings(config),
+    threads: 2
+    conda:
+        "../envs/synret.yaml"
+    script:
+        "../workflow_scripts/fetch_retrieved.py"

@@ -1,0 +1,19 @@
+# Tasks: class names, templates and split manifests, written once and read by every later stage.
+
+
+rule task:
+    input:
+        dataset_root_input,
+    output:
+        task="results/tasks/{task}/task.json",
+        train="results/tasks/{task}/train.parquet",
+        val="results/tasks/{task}/val.parquet",
+        test="results/tasks/{task}/test.parquet",
+    log:
+        "logs/tasks/{task}.log",
+    params:
+        definition=task_definition_of,
+    conda:
+        "../envs/synret.yaml"
+    script:
+        "../workflow_scripts/task.py"

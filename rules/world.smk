@@ -1,0 +1,82 @@
+# The demo world (only when config has `world`): the upstream pool with its images on disk, the
+# benchmark datasets, a tiny CLIP and a tiny Stable-Diffusion-style pipeline trained on the pool, and
+# kNN indices over it. Everything later reads these through the same keys a real setup uses
+# (clip.model, generator.model, pool.*, task_settings.*.dataset).
+
+if WORLD:
+
+    rule world_data:
+        output:
+            metadata=expand("results/world/pool/metadata/part-{i:05d}.parquet", i=range(WORLD["pool"]["parts"])),
+            images=directory("results/world/pool/images"),
+            array="results/world/pool/images.npy",
+            summary="results/world/pool/summary.json",
+            datasets=[directory(f"results/world/datasets/{name}") for name in sorted(WORLD["datasets"])],
+        log:
+            "logs/world/data.log",
+        benchmark:
+            "results/benchmarks/world/data.tsv"
+        params:
+            world=canonical({k: WORLD[k] for k in ("seed", "image_size", "base_url", "pool", "pool_style", "benchmark_style", "datasets")}),
+        threads: 2
+        conda:
+            "../envs/synret.yaml"
+        script:
+            "../workflow_scripts/world_data.py"
+
+    rule world_clip:
+        input:
+            array=rules.world_data.output.array,
+            metadata=rules.world_data.output.metadata,
+        output:
+            directory("results/world/clip"),
+        log:
+            "logs/world/clip.log",
+        benchmark:
+            "results/benchmarks/world/clip.tsv"
+        params:
+            train=canonical({**WORLD["clip"], "seed": WORLD["seed"]}),
+        threads: 4
+        conda:
+            "../envs/synret.yaml"
+        script:
+            "../workflow_scripts/world_clip.py"
+
+    rule world_generator:
+        input:
+            array=rules.world_data.output.array,
+            metadata=rules.world_data.output.metadata,
+            clip=rules.world_clip.output,
+        output:
+            directory("results/world/generator"),
+        log:
+            "logs/world/generator.log",
+        benchmark:
+            "results/benchmarks/world/generator.tsv"
+        params:
+            train=canonical({**WORLD["generator"], "seed": WORLD["seed"]}),
+        threads: 4
+        conda:
+            "../envs/synret.yaml"
+        script:
+            "../workflow_scripts/world_generator.py"
+
+    rule world_index:
+        input:
+            array=rules.world_data.output.array,
+            metadata=rules.world_data.output.metadata,
+            clip=rules.world_clip.output,
+        output:
+            directory("results/world/index"),
+        log:
+            "logs/world/index.log",
+        benchmark:
+            "results/benchmarks/world/index.tsv"
+        params:
+            factory=WORLD["index"]["factory"],
+            columns=canonical(config["pool"]["columns"]),
+        threads: 4
+        conda:
+            "../envs/synret.yaml"
+        script:
+            "../workflow_scripts/world_index.py"

@@ -1,0 +1,183 @@
+"""Configuration: validation with one clear message, and the per-stage, per-task settings slices.
+
+Kept free of heavy imports: the Snakefile imports this module at every invocation.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import os
+import re
+from typing import Any
+
+import yaml
+
+# What the demo world's rules produce; a config may point at these before they exist.
+WORLD_DIR = "results/world"
+WORLD_PRODUCTS = {
+    "clip": f"{WORLD_DIR}/clip",
+    "generator": f"{WORLD_DIR}/generator",
+    "index": f"{WORLD_DIR}/index",
+    "pool": f"{WORLD_DIR}/pool",
+    "datasets": f"{WORLD_DIR}/datasets",
+}
+STAGES = ("prompts", "synthetic", "retrieval", "curate", "finetune", "evaluate")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key or path."""
+
+
+def canonical(value: Any) -> Any:
+    """A deterministic, builtin-only copy: dicts with sorted keys, tuples as lists, paths as str.
+
+    Snakemake compares the repr of params between runs, so params must not depend on dict order.
+    """
+    if isinstance(value, dict):
+        return {str(k): canonical(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        raise TypeError("sets have no stable order; use a sorted list")
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def shard_count(images: int, shard_size: int) -> int:
+    """How many generation jobs a task's synthetic images are split into."""
+    return max(1, -(-images // shard_size))
+
+
+def deep_merge(base: dict, override: dict | None) -> dict:
+    """``base`` updated by ``override`` recursively (new dict; inputs untouched)."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def stage_settings(config: dict, stage: str, task: str) -> dict:
+    """The settings of one stage for one task: the global block with the task's override merged in."""
+    if stage not in STAGES:
+        raise KeyError(f"unknown stage {stage!r}")
+    override = config["task_settings"][task].get(stage)
+    return canonical(deep_merge(config[stage], override))
+
+
+def task_definition(config: dict, task: str) -> dict:
+    """A task's own definition (dataset, templates, queries), without the stage overrides."""
+    spec = {k: v for k, v in config["task_settings"][task].items() if k not in STAGES}
+    spec.setdefault("retrieval_templates", spec["templates"])
+    spec.setdefault("filter_templates", spec["templates"])
+    spec.setdefault("queries", {})
+    spec["dataset"] = {"splits": {"train": "train", "val": "val", "test": "test"}, **spec["dataset"]}
+    spec["dataset"]["splits"] = {"train": "train", "val": "val", "test": "test", **spec["dataset"]["splits"]}
+    return canonical(spec)
+
+
+def _key_path(error) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def schema_errors(config: dict, schema_path: str) -> list[str]:
+    """Every schema violation as one line naming the config key."""
+    import jsonschema
+
+    with open(schema_path) as f:
+        schema = yaml.safe_load(f)
+    validator = jsonschema.Draft202012Validator(schema)
+    lines = []
+    for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
+        key = _key_path(error)
+        if error.validator == "additionalProperties":
+            allowed = sorted(error.schema.get("properties", {}))
+            extra = sorted(set(error.instance) - set(allowed))
+            hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+            lines.append(f"config key '{key}': unknown key(s) {', '.join(map(repr, extra))}{hint}")
+        elif error.validator == "required":
+            lines.append(f"config key '{key}': {error.message}")
+        else:
+            lines.append(f"config key '{key}': {error.message}")
+    return lines
+
+
+def produced_by_world(config: dict, path: str) -> bool:
+    if not config.get("world"):
+        return False
+    norm = os.path.normpath(path)
+    return any(norm == p or norm.startswith(p + os.sep) for p in map(os.path.normpath, WORLD_PRODUCTS.values()))
+
+
+def _is_local_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or os.path.exists(name) or not HUB_ID.match(name)
+
+
+def serve_settings(config: dict) -> dict | None:
+    """Where to serve a local pool folder during downloads (the demo world's images), or None."""
+    serve = config["pool"].get("serve")
+    if not serve:
+        return None
+    return canonical({"root": serve["root"], "base_url": serve.get("base_url") or config["world"]["base_url"]})
+
+
+def path_errors(config: dict) -> list[str]:
+    """Local files and folders the config names that neither exist nor will be made by the world rules."""
+    problems = []
+
+    def need(key: str, path: str | None, kind: str = "path") -> None:
+        if path and not produced_by_world(config, path) and not os.path.exists(os.path.expanduser(path)):
+            problems.append(f"config key '{key}': {kind} {path!r} does not exist")
+
+    clip_model = config["clip"]["model"]
+    if clip_model.startswith("local-dir:"):
+        need("clip.model", clip_model[len("local-dir:"):], "CLIP model directory")
+    generator = config["generator"]["model"]
+    if "synthetic" in config["sources"] and _is_local_path(generator):
+        need("generator.model", generator, "generator directory")
+    pool = config["pool"]
+    if "retrieved" in config["sources"]:
+        if not produced_by_world(config, pool["metadata"]) and not glob.glob(pool["metadata"]):
+            problems.append(f"config key 'pool.metadata': no files match {pool['metadata']!r}")
+        if any(stage_settings(config, "retrieval", t)["knn"]["enabled"] for t in config["tasks"]):
+            if not pool.get("knn_index"):
+                problems.append("config key 'pool.knn_index': kNN retrieval is enabled but no index is set")
+            need("pool.knn_index", pool.get("knn_index"), "kNN index folder")
+        if pool.get("serve"):
+            need("pool.serve.root", pool["serve"]["root"], "served folder")
+    for task in config["tasks"]:
+        need(f"task_settings.{task}.dataset.root", config["task_settings"][task]["dataset"]["root"], "dataset root")
+    return problems
+
+
+def semantic_errors(config: dict) -> list[str]:
+    """Cross-key checks that a schema cannot express."""
+    problems = []
+    for task in config["tasks"]:
+        if task not in config["task_settings"]:
+            problems.append(f"config key 'tasks': task {task!r} has no entry in 'task_settings'")
+    if problems:
+        return problems
+    for task in config["tasks"]:
+        retrieval = stage_settings(config, "retrieval", task)
+        if "retrieved" in config["sources"] and not (retrieval["knn"]["enabled"] or retrieval["substring"]["enabled"]):
+            problems.append(f"config key 'retrieval' (task {task}): enable knn or substring retrieval")
+    serve = config["pool"].get("serve")
+    if serve and not (serve.get("base_url") or config.get("world")):
+        problems.append("config key 'pool.serve.base_url': needed to serve a pool folder when there is no 'world'")
+    return problems
+
+
+def check_config(config: dict, schema_path: str) -> None:
+    """Raise one ConfigError listing every problem, or return quietly."""
+    problems = schema_errors(config, schema_path)
+    if not problems:  # the cross-key and path checks assume a well-formed config
+        problems = semantic_errors(config)
+        problems += path_errors({**config, "tasks": [t for t in config["tasks"] if t in config["task_settings"]]})
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))

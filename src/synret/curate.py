@@ -1,0 +1,175 @@
+"""Curating a source's images: CLIP-score filtering, dedup against the task's evaluation images,
+and the nested training subsets of the grid.
+
+Every image of the source gets one row in the curated manifest, kept or not, with the reason it was
+dropped. Reasons are checked in this order: ``download_failed`` (no image), ``duplicate_image``
+(same bytes already listed for the class), ``near_duplicate_of_eval`` (descriptor similarity to some
+val/test image above the threshold: the paper's test-set dedup, done for both arms), and
+``clip_score`` (below its class's top-fraction cut, the optional minimum score, or the per-class cap).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+from PIL import Image
+
+from .clip import LoadedClip, zero_shot_weights
+from .embed import embed_images
+from .shards import content_hash, decode_image, read_images
+
+MANIFEST_COLUMNS = [
+    "key", "label", "classname", "source", "origin", "query", "methods", "shard", "member", "sha256",
+    "clip_score", "dedup_similarity", "dedup_match", "kept", "drop_reason",
+]
+
+
+def synthetic_rows(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Candidate rows of the synthetic arm from the generator's shard manifests."""
+    return pd.DataFrame({
+        "key": manifest["key"], "label": manifest["label"].astype(int), "source": "synthetic",
+        "origin": manifest["prompt"], "query": None, "methods": "generator", "shard": manifest["shard"],
+        "member": manifest["key"], "sha256": manifest["sha256"], "status": "success",
+    })
+
+
+def retrieved_rows(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Candidate rows of the retrieved arm from the download manifest (one per class and pool item)."""
+    return pd.DataFrame({
+        "key": "r" + manifest["id"].astype(str) + "-c" + manifest["label"].astype(str),
+        "label": manifest["label"].astype(int), "source": "retrieved", "origin": manifest["url"],
+        "query": manifest["query"], "methods": manifest["methods"], "shard": manifest["shard"],
+        "member": manifest["key"], "sha256": manifest["sha256"], "status": manifest["status"],
+    })
+
+
+def pixel_descriptor(image: Image.Image, size: int) -> np.ndarray:
+    """A copy-detection descriptor: the image shrunk to size x size, mean-removed, unit norm.
+
+    Cosine similarity of two descriptors is their pixel correlation: near 1 for re-encoded,
+    recoloured or noised copies, lower for different images (however similar their content).
+    """
+    a = np.asarray(image.convert("RGB").resize((size, size), Image.BOX), dtype=np.float32).ravel()
+    a = a - a.mean()
+    return a / max(float(np.linalg.norm(a)), 1e-6)
+
+
+def describe(clip: LoadedClip, items: list, dedup: dict, batch_size: int, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """CLIP embeddings (for scoring) and dedup descriptors of images given as bytes or paths."""
+    emb = embed_images(clip, items, batch_size=batch_size, device=device)
+    if dedup["descriptor"] == "clip":
+        return emb, emb
+    size = dedup["pixel_size"]
+    pixels = [pixel_descriptor(decode_image(x) if isinstance(x, bytes) else Image.open(x), size) for x in items]
+    return emb, np.stack(pixels) if pixels else np.zeros((0, 3 * size * size), np.float32)
+
+
+def describe_rows(clip: LoadedClip, rows: pd.DataFrame, cfg: dict, device: str, log: Callable):
+    """Embeddings and dedup descriptors of the rows' images, read shard by shard (NaN without image)."""
+    have = rows["shard"].notna()
+    emb = desc = None
+    for shard, group in rows[have].groupby("shard", sort=True):
+        images = read_images(shard, group["member"].unique())
+        data = [images[m] for m in group["member"]]
+        e, d = describe(clip, data, cfg["dedup"], cfg["batch_size"], device)
+        if emb is None:
+            emb = np.full((len(rows), e.shape[1]), np.nan, dtype=np.float32)
+            desc = np.full((len(rows), d.shape[1]), np.nan, dtype=np.float32)
+        emb[group.index.to_numpy()], desc[group.index.to_numpy()] = e, d
+        missing_hash = group["sha256"].isna().to_numpy()
+        if missing_hash.any():
+            rows.loc[group.index[missing_hash], "sha256"] = [content_hash(x) for x, m in zip(data, missing_hash) if m]
+        log(f"described {len(group)} images of {shard}")
+    if emb is None:
+        raise ValueError("the source has no images to curate (every candidate failed)")
+    return emb, desc
+
+
+def dedup_similarity(candidates: np.ndarray, reference: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """For each candidate, the max cosine similarity to any reference embedding and its index."""
+    best = np.full(len(candidates), -np.inf, dtype=np.float32)
+    arg = np.full(len(candidates), -1, dtype=np.int64)
+    if len(reference) == 0:
+        return best, arg
+    ref = torch.from_numpy(reference)
+    valid = ~np.isnan(candidates).any(axis=1)
+    idx = np.flatnonzero(valid)
+    for start in range(0, len(idx), chunk):
+        rows = idx[start : start + chunk]
+        sims = torch.from_numpy(candidates[rows]) @ ref.T
+        value, where = sims.max(dim=1)
+        best[rows], arg[rows] = value.numpy(), where.numpy()
+    return best, arg
+
+
+def class_filter(scores: pd.Series, top_fraction: float, min_score: float | None, max_per_class: int | None) -> pd.Series:
+    """Keep-mask within one class: the top fraction by score, above min_score, at most max_per_class."""
+    keep = pd.Series(True, index=scores.index)
+    if len(scores) == 0:
+        return keep
+    cut = np.quantile(scores.to_numpy(), 1 - top_fraction) if top_fraction < 1 else -np.inf
+    keep &= scores >= cut
+    if min_score is not None:
+        keep &= scores >= min_score
+    if max_per_class is not None and keep.sum() > max_per_class:
+        ranked = scores[keep].sort_values(ascending=False, kind="stable")
+        keep &= scores.index.isin(ranked.index[:max_per_class])
+    return keep
+
+
+def curate(
+    rows: pd.DataFrame, task: dict, clip: LoadedClip, eval_items: pd.DataFrame, cfg: dict,
+    device: str = "cpu", log: Callable[[str], None] = print,
+) -> tuple[pa.Table, dict]:
+    """Score, dedup and filter one source of one task; returns (per-image manifest, summary)."""
+    rows = rows.reset_index(drop=True).copy()
+    rows["classname"] = [task["classnames"][y] for y in rows["label"]]
+    rows["drop_reason"] = np.where(rows["status"] == "success", None, "download_failed")
+    rows.loc[rows["status"] != "success", "shard"] = None
+
+    # describe candidates and evaluation images
+    emb, desc = describe_rows(clip, rows, cfg, device, log)
+    _, eval_desc = describe(clip, list(eval_items["path"]), cfg["dedup"], cfg["batch_size"], device)
+
+    # exact duplicates within a class, then near-duplicates of evaluation images
+    pending = rows["drop_reason"].isna()
+    repeat = rows.duplicated(["label", "sha256"], keep="first") & pending
+    rows.loc[repeat, "drop_reason"] = "duplicate_image"
+    sim, match = dedup_similarity(desc, eval_desc)
+    rows["dedup_similarity"] = np.where(np.isfinite(sim), sim, np.nan)
+    rows["dedup_match"] = [eval_items["key"].iloc[m] if m >= 0 else None for m in match]
+    near = (rows["dedup_similarity"] > cfg["dedup"]["threshold"]) & rows["drop_reason"].isna()
+    rows.loc[near, "drop_reason"] = "near_duplicate_of_eval"
+
+    # CLIP score against the image's own class, then the per-class filter
+    text = zero_shot_weights(clip, task["classnames"], task["filter_templates"], device=device).numpy()
+    rows["clip_score"] = np.einsum("nd,nd->n", np.nan_to_num(emb), text[rows["label"].to_numpy()])
+    rows.loc[rows["shard"].isna(), "clip_score"] = np.nan
+    f = cfg["filter"]
+    for label, group in rows[rows["drop_reason"].isna()].groupby("label"):
+        keep = class_filter(group["clip_score"], f["top_fraction"], f.get("min_score"), f.get("max_per_class"))
+        rows.loc[keep.index[~keep], "drop_reason"] = "clip_score"
+    rows["kept"] = rows["drop_reason"].isna()
+    return pa.Table.from_pandas(rows[MANIFEST_COLUMNS], preserve_index=False), summarize(rows, task)
+
+
+def summarize(rows: pd.DataFrame, task: dict) -> dict:
+    kept = rows[rows["kept"]]
+    return {
+        "candidates": int(len(rows)),
+        "kept": int(len(kept)),
+        "dropped": {str(k): int(v) for k, v in rows["drop_reason"].value_counts().sort_index().items()},
+        "kept_per_class": {task["classnames"][int(k)]: int(v) for k, v in kept["label"].value_counts().sort_index().items()},
+        "mean_clip_score_kept": float(kept["clip_score"].mean()) if len(kept) else None,
+    }
+
+
+def nested_subset(manifest: pd.DataFrame, scale: int, seed: int) -> pd.DataFrame:
+    """The first ``scale`` kept images of a seeded permutation: smaller scales nest inside larger ones."""
+    kept = manifest[manifest["kept"]].sort_values("key", kind="stable").reset_index(drop=True)
+    order = np.random.default_rng(seed).permutation(len(kept))
+    return kept.iloc[order[:scale]].reset_index(drop=True)

@@ -1,0 +1,181 @@
+"""Downloading the retrieved candidates with img2dataset, and serving a local pool over loopback HTTP.
+
+img2dataset runs as its own process (it installs a SIGINT handler that exits 0, which must not
+decide our job's fate) and writes webdataset shards plus per-shard parquet and stats. Failed URLs
+are counted, never fatal. Work happens in ``<out>.partial`` and is renamed into place at the end, so
+an interrupted job leaves no output that a later job would consume, and a rerun with the same URL
+list resumes from the shards already finished (img2dataset's incremental mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import functools
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable, Iterator
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+
+# img2dataset reads encode_quality as JPEG/WEBP quality, but as the zlib level (0-9) for PNG
+ENCODE_QUALITY = {"jpg": 95, "webp": 95, "png": 6}
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - signature fixed by the base class
+        pass
+
+
+@contextlib.contextmanager
+def serve_directory(root: str | Path, base_url: str, log: Callable[[str], None] = print) -> Iterator[str]:
+    """Serve ``root`` at ``base_url`` (a loopback http URL with a port) for the duration of the block.
+
+    Jobs that serve on the same port take turns through a lock file, so parallel jobs never find the
+    port taken by each other; a port held by some other program is an error that names it.
+    """
+    parsed = urlparse(base_url)
+    host, port = parsed.hostname, parsed.port
+    if parsed.scheme != "http" or host not in ("127.0.0.1", "localhost") or port is None:
+        raise ValueError(f"can only serve on a loopback http URL with a port, not {base_url!r}")
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"folder to serve {str(root)!r} does not exist")
+    lock_path = Path(tempfile.gettempdir()) / f"synret-http-{port}.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        handler = functools.partial(_QuietHandler, directory=str(root))
+        try:
+            server = http.server.ThreadingHTTPServer((host, port), handler)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise RuntimeError(f"port {port} of {base_url} is in use by another program; "
+                                   "choose another port in config key 'world.base_url'") from e
+            raise
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        log(f"serving {root} at {base_url}")
+        try:
+            yield base_url
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+def url_table(candidates: pa.Table) -> pa.Table:
+    """One row per unique URL (a pool item retrieved for two classes is downloaded once)."""
+    first = {}
+    for i, url in enumerate(candidates.column("url").to_pylist()):
+        first.setdefault(url, i)
+    rows = candidates.take(pa.array(sorted(first.values()), pa.int64()))
+    return pa.table({"url": rows.column("url"), "caption": rows.column("caption"), "pool_id": rows.column("id")})
+
+
+def _list_hash(urls: pa.Table, settings: dict) -> str:
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for url in urls.column("url").to_pylist():
+        digest.update(url.encode() + b"\n")
+    return digest.hexdigest()
+
+
+def run_img2dataset(url_list: Path, out_dir: Path, cfg: dict, log_file=None) -> None:
+    """Call img2dataset.download in a child process with every option spelled out."""
+    kwargs = {
+        "url_list": str(url_list),
+        "input_format": "parquet",
+        "url_col": "url",
+        "caption_col": "caption",
+        "save_additional_columns": ["pool_id"],
+        "output_format": "webdataset",
+        "output_folder": str(out_dir),
+        "image_size": cfg["image_size"],
+        "resize_mode": cfg["resize_mode"],
+        "encode_format": cfg["encode_format"],
+        "encode_quality": ENCODE_QUALITY[cfg["encode_format"]],
+        "processes_count": cfg["processes"],
+        "thread_count": cfg["threads"],
+        "timeout": cfg["timeout"],
+        "retries": cfg["retries"],
+        "number_sample_per_shard": cfg["shard_size"],
+        "distributor": "multiprocessing",
+        "incremental_mode": "incremental",
+        "enable_wandb": False,
+        "compute_hash": "sha256",
+    }
+    code = "import json, sys; from img2dataset import download; download(**json.loads(sys.argv[1]))"
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], env=env,
+                          stdout=log_file, stderr=subprocess.STDOUT if log_file else None)
+    if proc.returncode != 0:
+        raise RuntimeError(f"img2dataset exited with status {proc.returncode}")
+
+
+def download_results(folder: Path) -> pa.Table:
+    """img2dataset's per-sample records (one parquet per shard): url, key, status, error, shard path."""
+    tables = []
+    for part in sorted(folder.glob("*.parquet")):
+        t = pq.read_table(part, columns=["url", "key", "status", "error_message", "sha256"])
+        tables.append(t.append_column("shard", pa.array([str(part.with_suffix(".tar"))] * t.num_rows, pa.string())))
+    if not tables:
+        raise RuntimeError(f"img2dataset wrote no shard records into {folder}")
+    return pa.concat_tables(tables)
+
+
+def download(candidates: pa.Table, out_dir: str | Path, cfg: dict, log: Callable[[str], None] = print,
+             log_file=None) -> tuple[pa.Table, dict]:
+    """Download every candidate's URL into ``out_dir``; returns (per-candidate manifest, counts)."""
+    out_dir = Path(out_dir)
+    work = out_dir.with_name(out_dir.name + ".partial")
+    urls = url_table(candidates)
+    fingerprint = _list_hash(urls, cfg)
+    stamp = work / "_input_fingerprint"
+    if work.exists() and not (stamp.is_file() and stamp.read_text() == fingerprint):
+        shutil.rmtree(work)  # an interrupted run over another URL list: start over
+    images_dir = work / "shards"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint)
+    pq.write_table(urls, work / "urls.parquet")
+    log(f"downloading {urls.num_rows} unique URLs for {candidates.num_rows} candidates")
+    run_img2dataset(work / "urls.parquet", images_dir, cfg, log_file)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(work, out_dir)
+    results = download_results(out_dir / "shards")
+    manifest = join_results(candidates, results)
+    status = pc.value_counts(results.column("status")).to_pylist()
+    counts = {"urls": urls.num_rows, "status": {s["values"]: s["counts"] for s in status}}
+    errors = pc.value_counts(pc.drop_null(results.column("error_message"))).to_pylist()
+    counts["errors"] = {e["values"][:120]: e["counts"] for e in sorted(errors, key=lambda e: -e["counts"])[:20]}
+    return manifest, counts
+
+
+def join_results(candidates: pa.Table, results: pa.Table) -> pa.Table:
+    """Attach each candidate's download outcome (shard, key, status, error) by URL."""
+    outcome = {}
+    for row in results.to_pylist():
+        outcome.setdefault(row["url"], row)
+    cols = {"shard": [], "key": [], "status": [], "error_message": [], "sha256": []}
+    for url in candidates.column("url").to_pylist():
+        row = outcome.get(url, {"status": "not_attempted"})
+        ok = row.get("status") == "success"
+        cols["shard"].append(row.get("shard") if ok else None)
+        cols["key"].append(row.get("key") if ok else None)
+        cols["status"].append(row.get("status"))
+        cols["error_message"].append(row.get("error_message"))
+        cols["sha256"].append(row.get("sha256") if ok else None)
+    table = candidates
+    for name, values in cols.items():
+        table = table.append_column(name, pa.array(values, pa.string()))
+    return table

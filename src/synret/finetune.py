@@ -1,0 +1,131 @@
+"""Finetuning CLIP's image tower as a classifier, and evaluating it.
+
+The classifier is the CLIP image encoder followed by a linear head initialised from the zero-shot
+text classifier (class embeddings from the task's templates, scaled by CLIP's logit scale), applied
+to L2-normalised image features, as in the paper's code (WiSE-FT's ``ClassificationHead``). The
+whole network is trained with cross-entropy, AdamW and a linear-warmup-then-cosine learning rate.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .clip import LoadedClip, zero_shot_weights
+from .embed import ImageDataset, autocast
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    warmup_steps: int  # a fixed count, as in the paper: small sets may never reach the peak lr
+    grad_clip: float | None
+    label_smoothing: float
+    num_workers: int
+    augment: str  # "open_clip": the model's train transform; "none": the eval transform
+    seed: int = 0
+
+
+class ImageClassifier(nn.Module):
+    """CLIP image encoder + linear head on normalised features."""
+
+    def __init__(self, visual: nn.Module, head_weight: torch.Tensor):
+        super().__init__()
+        self.visual = visual
+        self.head = nn.Linear(head_weight.shape[1], head_weight.shape[0])
+        with torch.no_grad():
+            self.head.weight.copy_(head_weight)
+            self.head.bias.zero_()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(F.normalize(self.visual(images), dim=-1))
+
+
+def build_classifier(clip: LoadedClip, classnames: Sequence[str], templates: Sequence[str], device: str) -> ImageClassifier:
+    """The zero-shot classifier of a task; the text tower is not kept."""
+    weights = zero_shot_weights(clip, classnames, templates, device=device)
+    scale = clip.model.logit_scale.exp().item()
+    return ImageClassifier(clip.model.visual, weights.to(device) * scale).to(device)
+
+
+def lr_at(step: int, base: float, warmup: int, total: int) -> float:
+    """Linear warmup to ``base`` over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * base
+
+
+def train_classifier(
+    model: ImageClassifier, images: Sequence[bytes], labels: Sequence[int], transform: Callable,
+    cfg: FinetuneConfig, device: str, precision: str, log: Callable[[str], None] = print,
+) -> dict:
+    """Full finetuning with cross-entropy; returns training stats."""
+    # data: a seeded shuffle per epoch
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(ImageDataset(list(images), transform, list(labels)), batch_size=cfg.batch_size,
+                        shuffle=True, generator=generator, num_workers=cfg.num_workers, drop_last=False)
+    total = cfg.epochs * len(loader)
+
+    # optimiser: no weight decay on gains, biases and embeddings (1-d parameters)
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    # loop: lr, forward/backward, clip, step, one log line per epoch
+    model.train()
+    step, start, losses = 0, time.time(), []
+    for epoch in range(cfg.epochs):
+        for x, y in loader:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps, total)
+            with autocast(device, precision):
+                loss = loss_fn(model(x.to(device)), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+        log(f"epoch {epoch + 1}/{cfg.epochs} step {step}/{total} loss {np.mean(losses[-len(loader):]):.4f} "
+            f"({time.time() - start:.1f}s)")
+    model.eval()
+    return {"steps": step, "final_loss": float(np.mean(losses[-max(1, len(loader)):])) if losses else None,
+            "train_seconds": round(time.time() - start, 2)}
+
+
+@torch.no_grad()
+def evaluate(
+    model: ImageClassifier, paths: Sequence[str], labels: Sequence[int], n_classes: int, transform: Callable,
+    batch_size: int, device: str, precision: str, num_workers: int = 0,
+) -> dict:
+    """Top-1 and mean per-class accuracy (the mean over classes of each class's recall)."""
+    model.eval()
+    loader = DataLoader(ImageDataset(list(paths), transform, list(labels)), batch_size=batch_size,
+                        num_workers=num_workers)
+    preds = []
+    for x, _ in loader:
+        with autocast(device, precision):
+            preds.append(model(x.to(device)).argmax(dim=1).cpu())
+    pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=int)
+    true = np.asarray(labels)
+    correct = pred == true
+    per_class = [correct[true == c].mean() for c in range(n_classes) if (true == c).any()]
+    return {"top1": float(correct.mean()) if len(true) else float("nan"),
+            "mean_per_class": float(np.mean(per_class)) if per_class else float("nan"), "n": int(len(true))}

@@ -1,0 +1,118 @@
+"""CLIP kNN indices in clip-retrieval's folder layout, queried directly with faiss.
+
+Layout (what ``clip-retrieval index`` writes and ``clip-retrieval back`` serves): ``image.index`` and
+``text.index`` (faiss, inner product over L2-normalised CLIP embeddings) and ``metadata/*.parquet``,
+whose rows, in file-name order, are the index ids. We read such folders with faiss itself (memory-
+mapped where faiss allows it) instead of importing clip-retrieval, whose pins (numpy<2, pyarrow<16,
+open_clip<3) would hold the whole stack back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MODALITIES = ("image", "text")
+
+
+def build_index(embeddings: np.ndarray, factory: str = "Flat"):
+    """A faiss inner-product index over L2-normalised float32 embeddings."""
+    import faiss
+
+    emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+    index = faiss.index_factory(emb.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        index.train(emb)
+    index.add(emb)
+    return index
+
+
+def write_index_folder(
+    out_dir: str | Path, image_emb: np.ndarray, text_emb: np.ndarray, metadata: pa.Table, factory: str = "Flat"
+) -> Path:
+    """Write an index folder in clip-retrieval's layout; row i of ``metadata`` is id i in both indices."""
+    import faiss
+
+    if not (len(image_emb) == len(text_emb) == metadata.num_rows):
+        raise ValueError("image embeddings, text embeddings and metadata must have the same number of rows")
+    out = Path(out_dir)
+    (out / "metadata").mkdir(parents=True, exist_ok=True)
+    for name, emb in (("image", image_emb), ("text", text_emb)):
+        faiss.write_index(build_index(emb, factory), str(out / f"{name}.index"))
+    pq.write_table(metadata, out / "metadata" / "metadata_0.parquet")
+    return out
+
+
+class KnnIndex:
+    """A clip-retrieval index folder opened for search."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        parts = sorted((self.folder / "metadata").glob("*.parquet"))
+        if not parts:
+            raise FileNotFoundError(f"kNN index folder {str(self.folder)!r} has no metadata/*.parquet")
+        self.metadata = pa.concat_tables([pq.read_table(p) for p in parts])
+        self._indices: dict[str, object] = {}
+
+    def index(self, modality: str):
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality {modality!r}; choose from {MODALITIES}")
+        if modality not in self._indices:
+            import faiss
+
+            path = self.folder / f"{modality}.index"
+            if not path.is_file():
+                raise FileNotFoundError(f"kNN index folder {str(self.folder)!r} has no {modality}.index")
+            try:  # memory-map big indices as clip-retrieval's backend does; not every index type allows it
+                index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+            except RuntimeError:
+                index = faiss.read_index(str(path))
+            if index.ntotal != self.metadata.num_rows:
+                raise ValueError(f"{path}: {index.ntotal} vectors but {self.metadata.num_rows} metadata rows")
+            self._indices[modality] = index
+        return self._indices[modality]
+
+    def search(self, queries: np.ndarray, modality: str, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids) per query; ids are -1 where fewer than k vectors exist.
+
+        ``nprobe`` sets how many inverted lists an IVF index visits (faiss' default of 1 loses much of
+        the recall; cross-modal text-to-image queries need many); other index types ignore it.
+        """
+        import faiss
+
+        index = self.index(modality)
+        if nprobe is not None and faiss.try_extract_index_ivf(index) is not None:
+            faiss.ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
+        return index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, index.ntotal))
+
+
+def knn_hits(
+    index: KnnIndex, query_emb: np.ndarray, labels: Sequence[int], queries: Sequence[str],
+    modalities: Sequence[str], k: int, columns: dict[str, str], nprobe: int | None = None,
+) -> pa.Table:
+    """Search every query in every modality; one row per (query, neighbour) with the pool's metadata."""
+    out = {"label": [], "query": [], "method": [], "rank": [], "score": [], "row": []}
+    for modality in modalities:
+        scores, ids = index.search(query_emb, modality, k, nprobe)
+        for q in range(len(queries)):
+            keep = ids[q] >= 0
+            n = int(keep.sum())
+            out["label"] += [labels[q]] * n
+            out["query"] += [queries[q]] * n
+            out["method"] += [f"knn_{modality}"] * n
+            out["rank"] += list(range(n))
+            out["score"] += scores[q][keep].tolist()
+            out["row"] += ids[q][keep].tolist()
+    meta = index.metadata.take(pa.array(out.pop("row"), pa.int64()))
+    table = pa.table({**out, "label": pa.array(out["label"], pa.int32()), "score": pa.array(out["score"], pa.float32())})
+    for role in ("id", "url", "caption", "nsfw"):
+        column = columns.get(role)
+        if column:
+            if column not in meta.column_names:
+                raise KeyError(f"kNN index metadata has no column {column!r} (config key 'pool.columns.{role}')")
+            table = table.append_column(role, meta.column(column).cast(pa.string()))
+    return table

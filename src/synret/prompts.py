@@ -1,0 +1,66 @@
+"""Text for both arms: the generator's prompt table and the retrieval queries of a task.
+
+Generator prompts combine the class name with background, attribute and relation phrasings, in the
+spirit of SynCLR's template prompts; classes take turns so every shard holds every class, and the
+choice of phrasing is fixed by the seed. Retrieval queries are the task's retrieval templates filled
+with each class name (for kNN search) and the per-class substring queries (for caption matching).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pyarrow as pa
+
+from .clip import fill_template
+
+SLOTS = {"background": "backgrounds", "attribute": "attributes", "relation": "relations"}
+
+
+def fill_prompt(template: str, classname: str, rng: np.random.Generator, phrases: dict[str, list[str]]) -> str:
+    """Fill {c} with the class name and each {background}/{attribute}/{relation} with a random phrase."""
+    def pick(match: re.Match) -> str:
+        slot = match.group(1)
+        options = phrases.get(SLOTS[slot]) or []
+        if not options:
+            raise ValueError(f"prompt template {template!r} uses {{{slot}}} but config key 'prompts.{SLOTS[slot]}' is empty")
+        return options[rng.integers(len(options))]
+
+    text = re.sub(r"\{(background|attribute|relation)\}", pick, template)
+    return fill_template(text, classname)
+
+
+def generator_prompts(classnames: list[str], cfg: dict, shard_size: int) -> pa.Table:
+    """One prompt per synthetic image: ``cfg['images']`` rows, classes in turn, split into shards."""
+    rng = np.random.default_rng(cfg["seed"])
+    phrases = {key: cfg.get(key, []) for key in SLOTS.values()}
+    rows = {"key": [], "label": [], "classname": [], "prompt": [], "shard": []}
+    for i in range(cfg["images"]):
+        label = i % len(classnames)
+        template = cfg["templates"][rng.integers(len(cfg["templates"]))]
+        rows["key"].append(f"s{i:07d}")
+        rows["label"].append(label)
+        rows["classname"].append(classnames[label])
+        rows["prompt"].append(fill_prompt(template, classnames[label], rng, phrases))
+        rows["shard"].append(i // shard_size)
+    return pa.table({**rows, "label": pa.array(rows["label"], pa.int32()), "shard": pa.array(rows["shard"], pa.int32())})
+
+
+def retrieval_queries(task: dict) -> pa.Table:
+    """kNN text queries (templates x classes) and substring queries (alternatives of terms) of a task."""
+    rows = []
+    for label, name in enumerate(task["classnames"]):
+        for template in task["retrieval_templates"]:
+            rows.append((label, "knn", fill_template(template, name), None))
+        for terms in task["queries"][name]:  # alternatives; every term of one must occur
+            rows.append((label, "substring", " AND ".join(terms), list(terms)))
+    labels, kinds, queries, terms = zip(*rows) if rows else ((), (), (), ())
+    return pa.table(
+        {
+            "label": pa.array(labels, pa.int32()),
+            "kind": pa.array(kinds, pa.string()),
+            "query": pa.array(queries, pa.string()),
+            "terms": pa.array(terms, pa.list_(pa.string())),
+        }
+    )

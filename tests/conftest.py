@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny real CLIP in open_clip's hub layout, and small rendered images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+TINY_CLIP_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 20, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> str:
+    """A randomly initialised tiny CLIP saved as ``local-dir:`` loads it (no training, no network)."""
+    import open_clip
+
+    from synret.clip import save_clip_local_dir
+    from synret.world.clip_train import OPENAI_MEAN, OPENAI_STD
+
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**TINY_CLIP_CFG)
+    out = tmp_path_factory.mktemp("tiny_clip")
+    save_clip_local_dir(model, TINY_CLIP_CFG, out, {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD)})
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def shape_images():
+    """Rendered 32 px images of each shape (10 classes x 12), with their labels."""
+    from synret.world.render import Style, render, sample_attributes
+
+    rng = np.random.default_rng(0)
+    style = Style()
+    labels = np.repeat(np.arange(10), 12)
+    attrs = sample_attributes(rng, len(labels), style, fixed={"shape": labels})
+    return render(attrs, 32, rng, style), labels

@@ -1,0 +1,368 @@
+"""Tests of synret.config against the real config.yaml, config.schema.yaml and configs/smoke.yaml."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import pathlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from synret.config import (
+    STAGES,
+    ConfigError,
+    canonical,
+    check_config,
+    deep_merge,
+    shard_count,
+    stage_settings,
+    task_definition,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = str(ROOT / "config.schema.yaml")
+
+
+def _load(path: Path) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+@pytest.fixture(scope="module")
+def shipped() -> dict:
+    return _load(ROOT / "config.yaml")
+
+
+@pytest.fixture
+def config(shipped) -> dict:
+    return copy.deepcopy(shipped)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_checkout(tmp_path, monkeypatch):
+    """Run in an empty folder, as on a fresh checkout: no results/world exists (the schema path is absolute)."""
+    monkeypatch.chdir(tmp_path)
+
+
+def _problems(config: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        check_config(config, SCHEMA)
+    return str(info.value)
+
+
+# ---------------------------------------------------------------- whole configurations
+
+
+def test_shipped_config_is_valid_on_a_fresh_checkout(config):
+    assert not os.path.exists("results")
+    assert check_config(config, SCHEMA) is None
+
+
+def test_smoke_overlay_merged_over_config_is_valid(config):
+    smoke = _load(ROOT / "configs" / "smoke.yaml")
+    merged = deep_merge(config, smoke)
+    check_config(merged, SCHEMA)
+    # the overlay took effect where it says, and left the rest of each block alone
+    assert merged["tasks"] == smoke["tasks"]
+    assert merged["prompts"]["images"] == smoke["prompts"]["images"]
+    assert merged["prompts"]["templates"] == config["prompts"]["templates"]
+    assert merged["retrieval"]["knn"] == {**config["retrieval"]["knn"], "k": smoke["retrieval"]["knn"]["k"]}
+    assert merged["world"]["pool"]["nsfw_fraction"] == config["world"]["pool"]["nsfw_fraction"]
+
+
+def test_deep_merge_leaves_inputs_untouched():
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 1}
+    override = {"a": {"b": 2}, "e": {"f": 3}}
+    before_base, before_override = copy.deepcopy(base), copy.deepcopy(override)
+    merged = deep_merge(base, override)
+    assert merged == {"a": {"b": 2, "c": [1, 2]}, "d": 1, "e": {"f": 3}}
+    merged["a"]["c"].append(3)
+    merged["e"]["f"] = 4
+    assert base == before_base and override == before_override
+    assert deep_merge(base, None) == base
+
+
+def test_deep_merge_null_replaces_a_block():
+    assert deep_merge({"world": {"seed": 0}}, {"world": None}) == {"world": None}
+
+
+# ---------------------------------------------------------------- schema errors name the key
+
+
+def test_unknown_key_names_dotted_key_and_unknown_name(config):
+    config["retrieval"]["knn"]["neighbours"] = 5
+    message = _problems(config)
+    assert "'retrieval.knn'" in message
+    assert "'neighbours'" in message
+    assert "allowed: enabled, k, modalities" in message
+
+
+def test_unknown_top_level_key(config):
+    config["taskz"] = ["shapes"]
+    message = _problems(config)
+    assert "'taskz'" in message
+    assert "<top level>" in message
+
+
+def test_unknown_key_in_task_override_names_the_task(config):
+    config["task_settings"]["shapes"]["finetune"] = {"learning_rate": 0.1}
+    message = _problems(config)
+    assert "'task_settings.shapes.finetune'" in message
+    assert "'learning_rate'" in message
+
+
+def test_wrong_type_names_key(config):
+    config["finetune"]["lr"] = "fast"
+    message = _problems(config)
+    assert "config key 'finetune.lr'" in message
+    assert "number" in message
+
+
+def test_wrong_type_in_task_override_names_full_key(config):
+    config["task_settings"]["shapes"]["retrieval"] = {"knn": {"k": "many"}}
+    message = _problems(config)
+    assert "config key 'task_settings.shapes.retrieval.knn.k'" in message
+
+
+def test_every_schema_problem_is_listed_in_one_message(config):
+    config["finetune"]["lr"] = "fast"
+    config["synthetic"]["scheduler"] = "heun"
+    message = _problems(config)
+    assert "'finetune.lr'" in message and "'synthetic.scheduler'" in message
+
+
+def test_empty_tasks(config):
+    config["tasks"] = []
+    message = _problems(config)
+    assert "config key 'tasks'" in message
+
+
+def test_missing_required_key_is_named(config):
+    del config["seeds"]
+    message = _problems(config)
+    assert "'seeds'" in message
+
+
+def test_task_without_task_settings(config):
+    config["tasks"].append("flowers")
+    message = _problems(config)
+    assert "'tasks'" in message
+    assert "'flowers'" in message
+    assert "task_settings" in message
+
+
+# ---------------------------------------------------------------- semantic and path errors
+
+
+def test_retrieval_without_any_method(config):
+    config["task_settings"]["shapes"]["retrieval"] = {"knn": {"enabled": False}, "substring": {"enabled": False}}
+    message = _problems(config)
+    assert "config key 'retrieval' (task shapes)" in message
+    # only the task whose override disables both is reported
+    assert "colored_shapes" not in message
+
+
+def test_serve_without_base_url_and_without_world(config):
+    config["world"] = None
+    message = _problems(config)
+    assert "config key 'pool.serve.base_url'" in message
+
+
+def test_local_clip_dir_missing_without_world(config):
+    config["world"] = None
+    config["pool"]["serve"] = None
+    config["clip"]["model"] = "local-dir:/nonexistent"
+    message = _problems(config)
+    assert "config key 'clip.model'" in message
+    assert "'/nonexistent'" in message
+    # without a world, nothing under results/world will be made, so those are reported too
+    assert "config key 'task_settings.shapes.dataset.root'" in message
+
+
+def test_local_clip_dir_that_exists_passes(config, tmp_path):
+    (tmp_path / "myclip").mkdir()
+    config["clip"]["model"] = f"local-dir:{tmp_path / 'myclip'}"
+    check_config(config, SCHEMA)
+
+
+def test_local_clip_dir_missing_with_world(config):
+    """A world only excuses paths it will produce."""
+    config["clip"]["model"] = "local-dir:/nonexistent/clip"
+    message = _problems(config)
+    assert "config key 'clip.model'" in message and "'/nonexistent/clip'" in message
+
+
+def test_generator_path_missing(config):
+    config["generator"]["model"] = "/nonexistent/sd"
+    message = _problems(config)
+    assert "config key 'generator.model'" in message
+    assert "'/nonexistent/sd'" in message
+
+
+def test_generator_hub_id_is_not_a_path(config):
+    config["generator"]["model"] = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    check_config(config, SCHEMA)
+
+
+def test_generator_path_not_checked_without_synthetic_source(config):
+    config["generator"]["model"] = "/nonexistent/sd"
+    config["sources"] = ["retrieved"]
+    check_config(config, SCHEMA)
+
+
+@pytest.mark.parametrize("root", ["results/world_other/shapes", "results/world/datasets2/shapes", "results/shapes"])
+def test_world_excuses_only_its_own_folders(config, root):
+    config["task_settings"]["shapes"]["dataset"]["root"] = root
+    message = _problems(config)
+    assert "config key 'task_settings.shapes.dataset.root'" in message
+    assert repr(root) in message
+
+
+def test_world_excuses_normalised_paths_inside_its_folders(config):
+    config["task_settings"]["shapes"]["dataset"]["root"] = "./results/world/datasets//shapes/"
+    check_config(config, SCHEMA)
+
+
+def test_knn_enabled_without_index(config):
+    config["pool"]["knn_index"] = None
+    message = _problems(config)
+    assert "config key 'pool.knn_index'" in message
+
+
+def test_knn_index_not_needed_when_knn_disabled(config):
+    config["pool"]["knn_index"] = None
+    config["retrieval"]["knn"]["enabled"] = False
+    check_config(config, SCHEMA)
+
+
+def test_pool_metadata_glob_without_files(config, tmp_path):
+    config["pool"]["metadata"] = str(tmp_path / "pool" / "*.parquet")
+    message = _problems(config)
+    assert "config key 'pool.metadata'" in message
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "pool" / "part-0.parquet").write_bytes(b"")
+    check_config(config, SCHEMA)
+
+
+# ---------------------------------------------------------------- settings slices
+
+
+def test_stage_settings_override_only_affects_its_task(config):
+    original = copy.deepcopy(config)
+    config["task_settings"]["shapes"]["finetune"] = {"lr": 0.5}
+    check_config(config, SCHEMA)
+    shapes = stage_settings(config, "finetune", "shapes")
+    other = stage_settings(config, "finetune", "colored_shapes")
+    assert shapes["lr"] == 0.5
+    assert other["lr"] == original["finetune"]["lr"]
+    # the rest of the block is the global one
+    assert {k: v for k, v in shapes.items() if k != "lr"} == {
+        k: canonical(v) for k, v in original["finetune"].items() if k != "lr"
+    }
+    assert other == canonical(original["finetune"])
+    # the global block itself is untouched
+    assert config["finetune"] == original["finetune"]
+
+
+def test_stage_settings_merges_nested_overrides(config):
+    config["task_settings"]["shapes"]["retrieval"] = {"knn": {"k": 5}}
+    knn = stage_settings(config, "retrieval", "shapes")["knn"]
+    assert knn == {"enabled": True, "k": 5, "modalities": ["image", "text"], "nprobe": None}
+
+
+def test_stage_settings_are_canonical(config):
+    config["task_settings"]["shapes"]["finetune"] = {"betas": (0.8, 0.9)}
+    settings = stage_settings(config, "finetune", "shapes")
+    assert list(settings) == sorted(settings)
+    assert settings["betas"] == [0.8, 0.9] and isinstance(settings["betas"], list)
+    retrieval = stage_settings(config, "retrieval", "shapes")
+    assert list(retrieval) == sorted(retrieval)
+    assert list(retrieval["download"]) == sorted(retrieval["download"])
+    # the repr is what Snakemake compares: it must not depend on the YAML's key order
+    shuffled = copy.deepcopy(config)
+    shuffled["retrieval"] = dict(reversed(list(shuffled["retrieval"].items())))
+    shuffled["retrieval"]["download"] = dict(reversed(list(shuffled["retrieval"]["download"].items())))
+    assert repr(stage_settings(shuffled, "retrieval", "shapes")) == repr(retrieval)
+
+
+def test_stage_settings_every_stage_for_every_task(config):
+    for task in config["tasks"]:
+        for stage in STAGES:
+            assert stage_settings(config, stage, task) == canonical(config[stage])
+
+
+def test_stage_settings_unknown_stage(config):
+    with pytest.raises(KeyError, match="aggregate"):
+        stage_settings(config, "aggregate", "shapes")
+
+
+# ---------------------------------------------------------------- canonical
+
+
+def test_canonical_sorts_nested_dict_keys():
+    value = {"b": 1, "a": {"z": [{"y": 1, "x": 2}], "c": 3}}
+    out = canonical(value)
+    assert list(out) == ["a", "b"]
+    assert list(out["a"]) == ["c", "z"]
+    assert list(out["a"]["z"][0]) == ["x", "y"]
+    assert json.dumps(out) == '{"a": {"c": 3, "z": [{"x": 2, "y": 1}]}, "b": 1}'
+
+
+def test_canonical_converts_tuples_paths_and_keys():
+    out = canonical({"t": (1, (2, 3)), "p": Path("/a/b"), "pp": pathlib.PurePosixPath("x/y"), 3: "int key"})
+    assert out == {"3": "int key", "p": "/a/b", "pp": "x/y", "t": [1, [2, 3]]}
+    assert type(out["t"]) is list and type(out["t"][1]) is list
+    assert type(out["p"]) is str and type(out["pp"]) is str
+    assert canonical([Path("q")]) == ["q"]
+
+
+def test_canonical_keeps_scalars():
+    assert canonical({"a": None, "b": 1.5, "c": True, "d": "s"}) == {"a": None, "b": 1.5, "c": True, "d": "s"}
+
+
+@pytest.mark.parametrize("bad", [{1, 2}, frozenset({1}), {"a": [{"b": {3}}]}])
+def test_canonical_rejects_sets(bad):
+    with pytest.raises(TypeError, match="set"):
+        canonical(bad)
+
+
+# ---------------------------------------------------------------- task definitions and shards
+
+
+def test_task_definition_fills_defaults(config):
+    spec = task_definition(config, "shapes")
+    templates = config["task_settings"]["shapes"]["templates"]
+    assert spec["templates"] == templates
+    assert spec["retrieval_templates"] == templates
+    assert spec["filter_templates"] == templates
+    assert spec["queries"] == {}
+    assert spec["dataset"]["splits"] == {"test": "test", "train": "train", "val": "val"}
+    assert spec["dataset"]["root"] == "results/world/datasets/shapes"
+
+
+def test_task_definition_keeps_explicit_values_and_drops_stage_overrides(config):
+    task = config["task_settings"]["patterned_shapes"]
+    task["retrieval_templates"] = ["{c}"]
+    task["dataset"]["splits"] = {"val": "valid"}
+    task["finetune"] = {"lr": 0.5}
+    spec = task_definition(config, "patterned_shapes")
+    assert spec["retrieval_templates"] == ["{c}"]
+    assert spec["filter_templates"] == task["templates"]
+    assert spec["queries"] == {"plain circle": [["plain", "circle"], ["solid", "circle"], ["flat", "circle"]]}
+    assert spec["dataset"]["splits"] == {"test": "test", "train": "train", "val": "valid"}
+    assert not set(spec) & set(STAGES)
+    assert list(spec) == sorted(spec)
+    # the config is not modified
+    assert "filter_templates" not in config["task_settings"]["patterned_shapes"]
+    assert config["task_settings"]["patterned_shapes"]["dataset"]["splits"] == {"val": "valid"}
+
+
+@pytest.mark.parametrize(
+    "images, shard_size, expected",
+    [(480, 240, 2), (481, 240, 3), (479, 240, 2), (1, 240, 1), (240, 240, 1), (0, 240, 1), (160, 80, 2)],
+)
+def test_shard_count(images, shard_size, expected):
+    assert shard_count(images, shard_size) == expected

@@ -1,0 +1,115 @@
+"""CLIP-score filtering, test-set dedup and nested subsets, with a real (tiny) open_clip model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from synret.clip import load_clip
+from synret.curate import MANIFEST_COLUMNS, class_filter, curate, nested_subset, pixel_descriptor, synthetic_rows
+from synret.shards import encode_image, write_shard
+from synret.world.render import perturb
+
+CFG = {
+    "filter": {"top_fraction": 0.5, "min_score": None, "max_per_class": None},
+    "dedup": {"descriptor": "pixels", "pixel_size": 16, "threshold": 0.97, "splits": ["test"]},
+    "batch_size": 64,
+}
+
+
+def test_class_filter_top_fraction_threshold_and_cap():
+    scores = pd.Series([0.1, 0.5, 0.3, 0.9, 0.7, 0.2], index=[10, 11, 12, 13, 14, 15])
+    keep = class_filter(scores, 0.5, None, None)
+    assert set(scores.index[keep]) == {11, 13, 14}
+    keep = class_filter(scores, 1.0, 0.25, None)
+    assert set(scores.index[keep]) == {11, 12, 13, 14}
+    keep = class_filter(scores, 1.0, None, 2)
+    assert set(scores.index[keep]) == {13, 14}
+
+
+def test_nested_subsets_nest_and_depend_on_seed():
+    manifest = pd.DataFrame({"key": [f"k{i:03d}" for i in range(100)], "kept": [i % 4 != 0 for i in range(100)]})
+    small, large = nested_subset(manifest, 10, seed=0), nested_subset(manifest, 40, seed=0)
+    assert set(small["key"]) <= set(large["key"]) and len(large) == 40
+    assert large["kept"].all()
+    assert list(nested_subset(manifest, 40, seed=0)["key"]) == list(large["key"])
+    assert set(nested_subset(manifest, 10, seed=1)["key"]) != set(small["key"])
+    # row order in the manifest does not matter, only the keys
+    shuffled = manifest.sample(frac=1, random_state=3)
+    assert list(nested_subset(shuffled, 10, seed=0)["key"]) == list(small["key"])
+    assert len(nested_subset(manifest, 500, seed=0)) == 75
+
+
+def test_pixel_descriptor_separates_copies_from_lookalikes(shape_images):
+    images, labels = shape_images
+    rng = np.random.default_rng(1)
+    copies = perturb(images[:10], rng)
+    desc = lambda arr: np.stack([pixel_descriptor(Image.fromarray(a), 16) for a in arr])  # noqa: E731
+    originals, dupes = desc(images), desc(copies)
+    assert (np.einsum("nd,nd->n", dupes, originals[:10]) > 0.97).all()
+    same_class_other = originals[1:12] @ originals[0]  # other circles
+    assert (same_class_other[1:] < 0.97).all()
+
+
+@pytest.fixture()
+def curation_inputs(tmp_path, shape_images):
+    """A synthetic-style source: 6 classes x 8 images, plus a copy of an eval image and an exact repeat."""
+    images, labels = shape_images
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    eval_paths = []
+    for i in range(6):
+        path = eval_dir / f"{i}.png"
+        Image.fromarray(images[i * 12 + 11]).save(path)
+        eval_paths.append(str(path))
+    evals = pd.DataFrame({"key": [f"test/{i}" for i in range(6)], "label": range(6), "path": eval_paths})
+    samples, manifest = [], []
+    for c in range(6):
+        for j in range(8):
+            img = images[c * 12 + j]
+            key = f"s{c}{j}"
+            data = encode_image(img, "png")
+            samples.append((key, data, "png", {}))
+            manifest.append({"key": key, "label": c, "prompt": f"a shape {c}", "shard": str(tmp_path / "s.tar"), "sha256": None})
+    copy = perturb(images[11:12], np.random.default_rng(2))[0]  # a re-encoded copy of eval image 0
+    samples.append(("copy", encode_image(copy, "png"), "png", {}))
+    manifest.append({"key": "copy", "label": 0, "prompt": "p", "shard": str(tmp_path / "s.tar"), "sha256": None})
+    samples.append(("repeat", samples[0][1], "png", {}))  # the same bytes as s00, same class
+    manifest.append({"key": "repeat", "label": 0, "prompt": "p", "shard": str(tmp_path / "s.tar"), "sha256": None})
+    write_shard(tmp_path / "s.tar", samples)
+    task = {"classnames": ["circle", "square", "triangle", "pentagon", "hexagon", "star"],
+            "filter_templates": ["a photo of a {c}."]}
+    return synthetic_rows(pd.DataFrame(manifest)), task, evals
+
+
+def test_curate_reasons_and_manifest(curation_inputs, tiny_clip_dir):
+    rows, task, evals = curation_inputs
+    clip = load_clip(f"local-dir:{tiny_clip_dir}")
+    table, summary = curate(rows, task, clip, evals, CFG, log=lambda m: None)
+    df = table.to_pandas()
+    assert list(df.columns) == MANIFEST_COLUMNS
+    assert len(df) == 50 and df["key"].is_unique
+    by_key = df.set_index("key")
+    assert by_key.loc["copy", "drop_reason"] == "near_duplicate_of_eval"
+    assert by_key.loc["copy", "dedup_match"] == "test/0"
+    assert by_key.loc["repeat", "drop_reason"] == "duplicate_image"
+    assert by_key.loc["s00", "sha256"] == by_key.loc["repeat", "sha256"]
+    # half of each class survives the CLIP-score cut, and the kept ones score higher than the dropped
+    kept = df[df["kept"]]
+    assert kept.groupby("label").size().tolist() == [4] * 6
+    for label, group in df[df["kept"] | (df["drop_reason"] == "clip_score")].groupby("label"):
+        assert group[group["kept"]]["clip_score"].min() >= group[~group["kept"]]["clip_score"].max()
+    assert df["drop_reason"].isna().equals(df["kept"])
+    assert summary["kept"] == 24
+    assert summary["dropped"] == {"clip_score": 24, "duplicate_image": 1, "near_duplicate_of_eval": 1}
+
+
+def test_curate_with_clip_descriptor_runs(curation_inputs, tiny_clip_dir):
+    rows, task, evals = curation_inputs
+    clip = load_clip(f"local-dir:{tiny_clip_dir}")
+    cfg = {**CFG, "dedup": {**CFG["dedup"], "descriptor": "clip", "threshold": 0.9999}}
+    table, summary = curate(rows, task, clip, evals, cfg, log=lambda m: None)
+    assert table.num_rows == 50
+    assert -1 <= np.nanmin(table.column("dedup_similarity").to_numpy(zero_copy_only=False)) <= 1

@@ -1,0 +1,189 @@
+"""Tests of synret.prompts: the generator's prompt table and a task's retrieval queries."""
+
+from __future__ import annotations
+
+import collections
+import re
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from synret.prompts import fill_prompt, generator_prompts, retrieval_queries
+
+CLASSES = ["red star", "blue circle", "apple", "green square", "octagon"]
+
+
+def _cfg(**over) -> dict:
+    cfg = {
+        "images": 53,
+        "templates": ["a {c}", "a photo of a {c}", "a {c} on a {background} background", "a {c}, {attribute}"],
+        "backgrounds": ["plain", "gradient", "noisy"],
+        "attributes": ["small", "large", "slightly rotated"],
+        "seed": 0,
+    }
+    cfg.update(over)
+    return cfg
+
+
+def test_deterministic_by_seed():
+    a = generator_prompts(CLASSES, _cfg(), 10)
+    b = generator_prompts(CLASSES, _cfg(), 10)
+    assert a.equals(b)
+    c = generator_prompts(CLASSES, _cfg(seed=1), 10)
+    assert c.column("prompt").to_pylist() != a.column("prompt").to_pylist()
+    # the seed changes only the phrasing, never which class an image is for
+    assert c.column("label").equals(a.column("label"))
+
+
+def test_table_layout():
+    table = generator_prompts(CLASSES, _cfg(), 10)
+    assert table.column_names == ["key", "label", "classname", "prompt", "shard"]
+    assert table.schema.field("label").type == pa.int32()
+    assert table.schema.field("shard").type == pa.int32()
+    assert table.num_rows == 53
+    keys = table.column("key").to_pylist()
+    assert keys[0] == "s0000000" and keys[-1] == "s0000052"
+    assert len(set(keys)) == len(keys)
+
+
+@pytest.mark.parametrize("images", [1, 4, 5, 53, 100])
+def test_classes_take_turns_and_are_balanced(images):
+    table = generator_prompts(CLASSES, _cfg(images=images), 7)
+    labels = table.column("label").to_pylist()
+    assert labels == [i % len(CLASSES) for i in range(images)]
+    counts = collections.Counter(labels)
+    if images >= len(CLASSES):
+        assert set(counts) == set(range(len(CLASSES)))
+    full = [counts.get(label, 0) for label in range(len(CLASSES))]
+    assert max(full) - min(full) <= 1
+    assert table.column("classname").to_pylist() == [CLASSES[label] for label in labels]
+
+
+def test_every_shard_holds_every_class():
+    table = generator_prompts(CLASSES, _cfg(images=50), 10)
+    shards = table.column("shard").to_pylist()
+    labels = table.column("label").to_pylist()
+    for shard in set(shards):
+        assert {label for s, label in zip(shards, labels) if s == shard} == set(range(len(CLASSES)))
+
+
+@pytest.mark.parametrize("shard_size", [1, 7, 10, 53, 1000])
+def test_shard_is_index_div_shard_size(shard_size):
+    table = generator_prompts(CLASSES, _cfg(), shard_size)
+    assert table.column("shard").to_pylist() == [i // shard_size for i in range(53)]
+
+
+def test_every_prompt_contains_its_class_name():
+    table = generator_prompts(CLASSES, _cfg(images=200), 50).to_pylist()
+    for row in table:
+        assert row["classname"] in row["prompt"]
+        assert "{" not in row["prompt"] and "}" not in row["prompt"]
+
+
+def test_all_templates_are_used():
+    table = generator_prompts(CLASSES, _cfg(images=200), 50)
+    prompts = table.column("prompt").to_pylist()
+    assert any(p.startswith("a photo of a ") for p in prompts)
+    assert any(" background" in p for p in prompts)
+    assert any(", " in p for p in prompts)
+
+
+def test_slots_filled_from_lists():
+    cfg = _cfg(images=300, templates=["a {c} on a {background} background, {attribute}"])
+    prompts = generator_prompts(CLASSES, cfg, 50).to_pylist()
+    pattern = re.compile(r"^a (?P<c>.+) on a (?P<bg>\w+) background, (?P<attr>.+)$")
+    seen_bg, seen_attr = set(), set()
+    for row in prompts:
+        m = pattern.match(row["prompt"])
+        assert m, row["prompt"]
+        assert m["c"] == row["classname"]
+        assert m["bg"] in cfg["backgrounds"]
+        assert m["attr"] in cfg["attributes"]
+        seen_bg.add(m["bg"])
+        seen_attr.add(m["attr"])
+    # drawn at random: with 300 draws every phrase shows up
+    assert seen_bg == set(cfg["backgrounds"])
+    assert seen_attr == set(cfg["attributes"])
+
+
+def test_relation_slot():
+    cfg = _cfg(templates=["a {c} {relation}"], relations=["next to a tree"])
+    prompts = generator_prompts(["dog"], cfg, 10).column("prompt").to_pylist()
+    assert set(prompts) == {"a dog next to a tree"}
+
+
+def test_article_placeholder():
+    cfg = _cfg(templates=["{a/an} {c}"])
+    prompts = generator_prompts(["apple", "star"], cfg, 10).column("prompt").to_pylist()
+    assert prompts[:2] == ["an apple", "a star"]
+
+
+@pytest.mark.parametrize("backgrounds", [[], None])
+def test_empty_list_for_used_slot_raises(backgrounds):
+    cfg = _cfg(templates=["a {c} on a {background} background"])
+    if backgrounds is None:
+        del cfg["backgrounds"]
+    else:
+        cfg["backgrounds"] = backgrounds
+    with pytest.raises(ValueError, match=re.escape("prompts.backgrounds")):
+        generator_prompts(CLASSES, cfg, 10)
+
+
+def test_empty_list_for_unused_slot_is_fine():
+    cfg = _cfg(templates=["a {c}", "a {c} on a {background} background"], attributes=[])
+    table = generator_prompts(CLASSES, cfg, 10)
+    assert table.num_rows == 53
+
+
+def test_fill_prompt_names_the_attribute_slot():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=re.escape("prompts.attributes")):
+        fill_prompt("a {c}, {attribute}", "cat", rng, {"attributes": []})
+
+
+# ---------------------------------------------------------------- retrieval queries
+
+
+def _task() -> dict:
+    return {
+        "classnames": ["apple", "red star"],
+        "retrieval_templates": ["a photo of {a/an} {c}.", "{c}"],
+        "queries": {"apple": [["apple"]], "red star": [["red", "star"], ["red star"], ["crimson", "star"]]},
+    }
+
+
+def test_retrieval_queries_rows():
+    table = retrieval_queries(_task())
+    assert table.schema.field("label").type == pa.int32()
+    assert table.schema.field("terms").type == pa.list_(pa.string())
+    rows = [(r["label"], r["kind"], r["query"], r["terms"]) for r in table.to_pylist()]
+    assert rows == [
+        (0, "knn", "a photo of an apple.", None),
+        (0, "knn", "apple", None),
+        (0, "substring", "apple", ["apple"]),
+        (1, "knn", "a photo of a red star.", None),
+        (1, "knn", "red star", None),
+        (1, "substring", "red AND star", ["red", "star"]),
+        (1, "substring", "red star", ["red star"]),
+        (1, "substring", "crimson AND star", ["crimson", "star"]),
+    ]
+
+
+def test_retrieval_queries_knn_is_templates_times_classes():
+    task = _task()
+    task["classnames"] = ["a", "b", "c"]
+    task["retrieval_templates"] = ["t1 {c}", "t2 {c}", "t3 {c}", "t4 {c}"]
+    task["queries"] = {name: [[name]] for name in task["classnames"]}
+    table = retrieval_queries(task).to_pylist()
+    knn = [r for r in table if r["kind"] == "knn"]
+    assert len(knn) == 12
+    assert {(r["label"], r["query"]) for r in knn} == {
+        (label, f"{t} {name}") for label, name in enumerate("abc") for t in ("t1", "t2", "t3", "t4")
+    }
+
+
+def test_retrieval_queries_empty_task():
+    table = retrieval_queries({"classnames": [], "retrieval_templates": ["{c}"], "queries": {}})
+    assert table.num_rows == 0
+    assert table.column_names == ["label", "kind", "query", "terms"]

@@ -1,0 +1,154 @@
+"""Tests of synret.retrieve.merge_candidates: kNN and substring hits unioned per (class, pool item)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from synret.retrieve import merge_candidates
+
+
+def _knn(rows: list[tuple]) -> pa.Table:
+    """rows: (label, query, method, score, id, nsfw); url and caption derive from the id."""
+    label, query, method, score, ids, nsfw = zip(*rows)
+    return pa.table(
+        {
+            "label": pa.array(label, pa.int32()),
+            "query": pa.array(query, pa.string()),
+            "method": pa.array(method, pa.string()),
+            "rank": pa.array(range(len(rows)), pa.int64()),
+            "score": pa.array(score, pa.float32()),
+            "id": pa.array(ids, pa.string()),
+            "url": pa.array([f"http://h/{i}.png" for i in ids], pa.string()),
+            "caption": pa.array([f"caption {i}" for i in ids], pa.string()),
+            "nsfw": pa.array(nsfw, pa.string()),
+        }
+    )
+
+
+def _substring(rows: list[tuple]) -> pa.Table:
+    """rows: (label, query, id, nsfw), in scan_parquet's layout (no method, no score)."""
+    label, query, ids, nsfw = zip(*rows)
+    return pa.table(
+        {
+            "label": pa.array(label, pa.int32()),
+            "query": pa.array(query, pa.string()),
+            "id": pa.array(ids, pa.string()),
+            "url": pa.array([f"http://h/{i}.png" for i in ids], pa.string()),
+            "caption": pa.array([f"caption {i}" for i in ids], pa.string()),
+            "nsfw": pa.array(nsfw, pa.string()),
+        }
+    )
+
+
+@pytest.fixture
+def merged():
+    knn = _knn(
+        [
+            (0, "a photo of a star", "knn_image", 0.50, "10", "UNLIKELY"),
+            (0, "a star", "knn_image", 0.70, "10", "UNLIKELY"),
+            (0, "a star", "knn_text", 0.60, "10", "UNLIKELY"),
+            (0, "a star", "knn_image", 0.40, "11", "NSFW"),
+            (0, "a star", "knn_text", 0.30, "12", None),
+            (1, "a circle", "knn_image", 0.20, "10", "UNLIKELY"),  # the same pool item for another class
+            (1, "a circle", "knn_text", 0.25, "13", "UNSURE"),
+        ]
+    )
+    substring = _substring(
+        [
+            (0, "star", "10", "UNLIKELY"),
+            (0, "star", "14", None),
+            (0, "star", "11", "NSFW"),
+            (1, "circle", "15", "NSFW"),
+            (1, "circle", "13", "UNSURE"),
+        ]
+    )
+    return merge_candidates(knn, substring, ["NSFW"])
+
+
+def test_schema(merged):
+    table, _ = merged
+    assert table.schema == pa.schema(
+        [("label", pa.int32()), ("id", pa.string()), ("url", pa.string()), ("caption", pa.string()),
+         ("query", pa.string()), ("methods", pa.string()), ("score", pa.float32())]
+    )
+
+
+def test_one_row_per_label_and_id(merged):
+    table, _ = merged
+    pairs = list(zip(table.column("label").to_pylist(), table.column("id").to_pylist()))
+    assert pairs == [(0, "10"), (0, "12"), (0, "14"), (1, "10"), (1, "13")]
+
+
+def test_methods_and_scores(merged):
+    table, _ = merged
+    rows = {(r["label"], r["id"]): r for r in table.to_pylist()}
+    both = rows[(0, "10")]
+    assert both["methods"] == "knn_image+knn_text+substring"
+    assert both["score"] == pytest.approx(0.70)
+    assert both["query"] == "a star"  # the query of the best-scoring hit
+    assert both["url"] == "http://h/10.png" and both["caption"] == "caption 10"
+    assert rows[(0, "12")]["methods"] == "knn_text"
+    assert rows[(0, "12")]["score"] == pytest.approx(0.30)
+    only_substring = rows[(0, "14")]
+    assert only_substring["methods"] == "substring"
+    assert only_substring["score"] is None  # no kNN score: null, not 0
+    assert only_substring["query"] == "star"
+    assert rows[(1, "13")]["methods"] == "knn_text+substring"
+    assert rows[(1, "13")]["score"] == pytest.approx(0.25)
+
+
+def test_item_retrieved_for_two_labels_stays_twice(merged):
+    table, counts = merged
+    rows = [r for r in table.to_pylist() if r["id"] == "10"]
+    assert [(r["label"], r["methods"]) for r in rows] == [(0, "knn_image+knn_text+substring"), (1, "knn_image")]
+    assert rows[1]["score"] == pytest.approx(0.20)
+    assert counts["unique_urls"] == 4  # 10, 12, 13, 14
+
+
+def test_nsfw_rows_dropped_and_counted(merged):
+    table, counts = merged
+    assert "11" not in table.column("id").to_pylist()
+    assert "15" not in table.column("id").to_pylist()
+    assert counts["nsfw_dropped_hits"] == 3
+
+
+def test_counts(merged):
+    _, counts = merged
+    assert counts == {
+        "hits": 12,
+        "hits_by_method": {"knn_image": 4, "knn_text": 3, "substring": 5},
+        "nsfw_dropped_hits": 3,
+        "candidates": 5,
+        "candidates_per_class": {0: 3, 1: 2},
+        "unique_urls": 4,
+    }
+
+
+def test_drop_nsfw_values_are_configurable():
+    knn = _knn([(0, "q", "knn_image", 0.5, "1", "UNSURE"), (0, "q", "knn_image", 0.4, "2", "NSFW")])
+    table, counts = merge_candidates(knn, None, ["UNSURE", "NSFW"])
+    assert table.num_rows == 0 and counts["nsfw_dropped_hits"] == 2
+    table, counts = merge_candidates(knn, None, [])
+    assert table.column("id").to_pylist() == ["1", "2"] and counts["nsfw_dropped_hits"] == 0
+
+
+def test_substring_only():
+    table, counts = merge_candidates(None, _substring([(2, "x", "7", None), (2, "y", "7", None)]), ["NSFW"])
+    assert table.num_rows == 1
+    row = table.to_pylist()[0]
+    assert (row["label"], row["id"], row["methods"]) == (2, "7", "substring")
+    assert counts["hits"] == 2 and counts["candidates"] == 1 and counts["candidates_per_class"] == {2: 1}
+
+
+def test_substring_without_nsfw_column():
+    substring = _substring([(0, "x", "7", None)]).drop_columns(["nsfw"])
+    table, counts = merge_candidates(None, substring, ["NSFW"])
+    assert table.column("id").to_pylist() == ["7"] and counts["nsfw_dropped_hits"] == 0
+
+
+def test_no_hits():
+    table, counts = merge_candidates(None, None, ["NSFW"])
+    assert table.num_rows == 0
+    assert table.column_names == ["label", "id", "url", "caption", "query", "methods", "score"]
+    assert counts["hits"] == 0 and counts["candidates"] == 0 and counts["candidates_per_class"] == {}

@@ -1,0 +1,229 @@
+"""The whole workflow on configs/smoke.yaml: one real end-to-end run, then what reruns after config edits.
+
+These tests drive the Snakemake CLI in a temporary working directory, as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "configs" / "smoke.yaml"
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def snakemake(workdir: Path, *args: str, overlays: list[dict] = (), timeout: int = 1200) -> subprocess.CompletedProcess:
+    """Run snakemake on the smoke config (plus overlay dicts) in ``workdir``."""
+    files = [str(SMOKE), str(workdir / "port.yaml")]
+    for i, overlay in enumerate(overlays):
+        path = workdir / f"overlay{i}.yaml"
+        path.write_text(yaml.safe_dump(overlay))
+        files.append(str(path))
+    cmd = SNAKEMAKE + ["--directory", str(workdir), "--configfile", *files, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def planned(workdir: Path, overlays: list[dict] = ()) -> list[tuple[str, dict]]:
+    """The jobs a dry run would execute: (rule, wildcards) pairs."""
+    proc = snakemake(workdir, "-n", "results/tables/all.csv", overlays=overlays)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", proc.stdout):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        if not head:
+            continue
+        wc = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        wildcards = dict(kv.split("=", 1) for kv in wc.group(1).split(", ")) if wc else {}
+        jobs.append((head.group(1), wildcards))
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("smoke")
+    (workdir / "port.yaml").write_text(yaml.safe_dump({"world": {"base_url": f"http://127.0.0.1:{free_port()}"}}))
+    start = time.time()
+    proc = snakemake(workdir, "--cores", "2", "results/tables/all.csv")
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    return workdir, time.time() - start
+
+
+def smoke_config() -> dict:
+    from synret.config import deep_merge
+
+    return deep_merge(yaml.safe_load(open(REPO / "config.yaml")), yaml.safe_load(open(SMOKE)))
+
+
+def test_results_table(smoke_run):
+    workdir, _ = smoke_run
+    cfg = smoke_config()
+    table = pd.read_csv(workdir / "results" / "tables" / "all.csv")
+    for column in ("task", "source", "scale", "seed", "top1", "mean_per_class", "n_train", "wall_seconds"):
+        assert column in table.columns
+    n_cells = len(cfg["tasks"]) * len(cfg["sources"]) * len(cfg["scales"]) * len(cfg["seeds"])
+    assert len(table) == n_cells + len(cfg["tasks"])
+    assert table["top1"].between(0, 1).all() and table["mean_per_class"].between(0, 1).all()
+    zero = table[table["source"] == "zeroshot"]
+    assert (zero["scale"] == 0).all() and (zero["n_train"] == 0).all() and len(zero) == len(cfg["tasks"])
+    cells = table[table["source"] != "zeroshot"]
+    assert set(cells["source"]) == set(cfg["sources"]) and set(cells["scale"]) == set(cfg["scales"])
+    assert (cells["n_train"] > 0).all() and (cells["n_train"] <= cells["scale"]).all()
+    assert (table["wall_seconds"] > 0).all()
+
+
+def test_plots_are_png(smoke_run):
+    workdir, _ = smoke_run
+    plots = sorted((workdir / "results" / "plots").glob("*.png"))
+    assert {p.stem for p in plots} == set(smoke_config()["tasks"]) | {"summary"}
+    for plot in plots:
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(plot) as im:
+            im.verify()
+
+
+def test_every_training_set_has_a_per_image_manifest(smoke_run):
+    workdir, _ = smoke_run
+    cfg = smoke_config()
+    for task in cfg["tasks"]:
+        for source in cfg["sources"]:
+            curated = pq.read_table(workdir / f"results/curated/{task}/{source}/manifest.parquet").to_pandas()
+            for column in ("key", "label", "origin", "sha256", "clip_score", "dedup_similarity", "kept", "drop_reason"):
+                assert column in curated.columns
+            assert curated["key"].is_unique
+            assert (curated["kept"] == curated["drop_reason"].isna()).all()
+            for scale in cfg["scales"]:
+                train = pq.read_table(workdir / f"results/cells/{task}/{source}/n{scale}/seed0/train_manifest.parquet")
+                assert set(train.column("key").to_pylist()) <= set(curated.loc[curated["kept"], "key"])
+
+
+def test_planted_test_copies_are_removed_from_the_retrieved_arm(smoke_run):
+    workdir, _ = smoke_run
+    meta = pd.concat(pq.read_table(p).to_pandas() for p in (workdir / "results/world/pool/metadata").glob("*.parquet"))
+    planted = meta[meta["planted_from"].notna()].set_index("URL")["planted_from"]
+    for task in smoke_config()["tasks"]:
+        curated = pq.read_table(workdir / f"results/curated/{task}/retrieved/manifest.parquet").to_pandas()
+        mine = curated[curated["origin"].map(planted).fillna("").str.startswith(f"{task}/")]
+        downloaded = mine[mine["drop_reason"] != "download_failed"]
+        assert len(downloaded) > 0, "retrieval should find some planted copies of the task's test images"
+        assert (downloaded["drop_reason"] == "near_duplicate_of_eval").all()
+        summary = json.loads((workdir / f"results/curated/{task}/retrieved/summary.json").read_text())
+        assert summary["dropped"]["near_duplicate_of_eval"] >= len(downloaded)
+
+
+def test_downloads_went_through_img2dataset(smoke_run):
+    workdir, _ = smoke_run
+    for task in smoke_config()["tasks"]:
+        stats = list((workdir / f"results/retrieval/{task}/download/shards").glob("*_stats.json"))
+        assert stats, "img2dataset's per-shard stats are kept"
+        counts = json.loads((workdir / f"results/retrieval/{task}/download.json").read_text())
+        assert counts["status"].get("success", 0) > 0
+
+
+def test_second_run_does_nothing(smoke_run):
+    workdir, _ = smoke_run
+    proc = snakemake(workdir, "--cores", "2", "results/tables/all.csv")
+    assert proc.returncode == 0
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_adding_a_scale_adds_only_its_cells(smoke_run):
+    workdir, _ = smoke_run
+    cfg = smoke_config()
+    jobs = planned(workdir, [{"scales": cfg["scales"] + [20]}])
+    rules = Counter(rule for rule, _ in jobs)
+    n_new = len(cfg["tasks"]) * len(cfg["sources"]) * len(cfg["seeds"])
+    assert rules == Counter({"finetune": n_new, "aggregate": 1})
+    assert {wc["scale"] for rule, wc in jobs if rule == "finetune"} == {"20"}
+
+
+def test_one_tasks_learning_rate_reruns_only_that_tasks_cells(smoke_run):
+    workdir, _ = smoke_run
+    cfg = smoke_config()
+    task = cfg["tasks"][0]
+    lr = smoke_config()["finetune"]["lr"] * 3
+    jobs = planned(workdir, [{"task_settings": {task: {"finetune": {"lr": lr}}}}])
+    rules = Counter(rule for rule, _ in jobs)
+    assert rules == Counter({"finetune": len(cfg["sources"]) * len(cfg["scales"]) * len(cfg["seeds"]),
+                             "aggregate": 1})
+    assert {wc["task"] for rule, wc in jobs if rule == "finetune"} == {task}
+
+
+def test_generator_steps_rerun_synthesis_not_retrieval(smoke_run):
+    workdir, _ = smoke_run
+    jobs = planned(workdir, [{"synthetic": {"steps": smoke_config()["synthetic"]["steps"] + 1}}])
+    rules = set(rule for rule, _ in jobs)
+    assert {"synthesize_shard", "curate", "finetune", "aggregate"} <= rules
+    assert not rules & {"knn_query", "substring_scan", "retrieval_candidates", "fetch_retrieved", "zeroshot",
+                        "world_generator", "generator_prompts"}
+    assert {wc["source"] for rule, wc in jobs if rule in ("curate", "finetune")} == {"synthetic"}
+
+
+def test_retrieval_k_reruns_retrieval_not_synthesis(smoke_run):
+    workdir, _ = smoke_run
+    jobs = planned(workdir, [{"retrieval": {"knn": {"k": smoke_config()["retrieval"]["knn"]["k"] + 1}}}])
+    rules = set(rule for rule, _ in jobs)
+    assert {"knn_query", "retrieval_candidates", "fetch_retrieved", "curate", "finetune", "aggregate"} <= rules
+    assert not rules & {"synthesize_shard", "substring_scan", "generator_prompts", "world_index", "zeroshot"}
+    assert {wc["source"] for rule, wc in jobs if rule in ("curate", "finetune")} == {"retrieved"}
+
+
+@pytest.mark.parametrize(
+    "overlay, message",
+    [
+        ({"finetune": {"learning_rate": 1e-4}}, "config key 'finetune': unknown key(s) 'learning_rate'"),
+        ({"finetune": {"lr": "fast"}}, "config key 'finetune.lr': 'fast' is not of type 'number'"),
+        ({"tasks": []}, "config key 'tasks'"),
+        ({"world": None, "clip": {"model": "local-dir:/no/such/clip"}}, "'/no/such/clip' does not exist"),
+    ],
+)
+def test_config_errors_stop_before_any_job(tmp_path, overlay, message):
+    (tmp_path / "port.yaml").write_text("{}")
+    proc = snakemake(tmp_path, "--cores", "1", "results/tables/all.csv", overlays=[overlay])
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_killed_job_leaves_nothing_to_consume(tmp_path):
+    (tmp_path / "port.yaml").write_text(yaml.safe_dump({"world": {"base_url": f"http://127.0.0.1:{free_port()}"}}))
+    files = [str(SMOKE), str(tmp_path / "port.yaml")]
+    target = "results/world/pool/summary.json"
+    cmd = SNAKEMAKE + ["--directory", str(tmp_path), "--configfile", *files, "--cores", "2", target]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    images = tmp_path / "results" / "world" / "pool" / "images"
+    deadline = time.time() + 120
+    while time.time() < deadline and not images.exists():
+        time.sleep(0.05)
+    assert images.exists(), "the world job should have started writing"
+    os.killpg(proc.pid, signal.SIGKILL)  # the run dies midway through the job, as on a walltime kill
+    proc.wait()
+    assert not (tmp_path / target).exists()
+    # the next invocation redoes the job instead of consuming its half-written outputs
+    dry = subprocess.run(SNAKEMAKE + ["--directory", str(tmp_path), "--configfile", *files, "-n", target],
+                         capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "rule world_data:" in dry.stdout

@@ -1,0 +1,29 @@
+"""Filter and dedup one source of a task; write its per-image manifest and a summary."""
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from synret.clip import load_clip
+from synret.curate import curate, retrieved_rows, synthetic_rows
+from synret.synthesize import pick_device
+from synret.tasks import read_task
+from synret.workflow import run_job, write_json
+
+
+def main(smk, log):
+    manifests = smk.input.manifests if isinstance(smk.input.manifests, list) else [smk.input.manifests]
+    listed = pd.concat([pq.read_table(p).to_pandas() for p in manifests], ignore_index=True)
+    rows = synthetic_rows(listed) if smk.wildcards.source == "synthetic" else retrieved_rows(listed)
+    cfg = smk.params.curate
+    evals = pd.concat([pq.read_table(getattr(smk.input, split)).to_pandas() for split in cfg["dedup"]["splits"]],
+                      ignore_index=True)
+    device = pick_device()
+    clip = load_clip(smk.params.clip["model"], smk.params.clip["pretrained"], device=device,
+                     cache_dir=smk.params.clip["cache_dir"])
+    manifest, summary = curate(rows, read_task(smk.input.task), clip, evals, cfg, device=device, log=log)
+    pq.write_table(manifest, smk.output.manifest)
+    write_json(smk.output.summary, summary)
+    log(f"kept {summary['kept']} of {summary['candidates']}; dropped {summary['dropped']}")
+
+
+run_job(snakemake, main)

@@ -1,0 +1,26 @@
+"""Run one cell of the grid (finetune + evaluate, or zero-shot evaluation) and write its metrics."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from synret.cells import run_cell
+from synret.tasks import read_task
+from synret.workflow import run_job, write_json
+
+
+def main(smk, log):
+    task = read_task(smk.input.task)
+    wc = smk.wildcards
+    splits = {s: pq.read_table(getattr(smk.input, s)).to_pandas() for s in smk.params.evaluate["splits"]}
+    if smk.rule == "zeroshot":
+        cell, curated, finetune = {"task": wc.task, "source": "zeroshot", "scale": 0, "seed": 0}, None, None
+    else:
+        cell = {"task": wc.task, "source": wc.source, "scale": int(wc.scale), "seed": int(wc.seed)}
+        curated, finetune = pq.read_table(smk.input.curated).to_pandas(), smk.params.finetune
+    record, subset = run_cell(task, cell, smk.params.clip, splits, smk.params.evaluate, curated, finetune, log)
+    if subset is not None:
+        pq.write_table(pa.Table.from_pandas(subset, preserve_index=False), smk.output.train_manifest)
+    write_json(smk.output.metrics, record)
+
+
+run_job(snakemake, main)

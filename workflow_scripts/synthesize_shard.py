@@ -1,0 +1,20 @@
+"""Generate one shard of a task's synthetic images."""
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from synret.synthesize import generate_shard, load_pipeline
+from synret.workflow import run_job, write_json
+
+
+def main(smk, log):
+    prompts = pq.read_table(smk.input.prompts)
+    prompts = prompts.filter(pc.equal(prompts.column("shard"), int(smk.wildcards.shard)))
+    model, sampling = smk.params.model, smk.params.sampling
+    pipe = load_pipeline(model["model"], sampling["scheduler"], dtype=model["dtype"], cache_dir=model["cache_dir"])
+    log(f"loaded {model['model']} on {pipe.device}; {prompts.num_rows} prompts")
+    stats = generate_shard(pipe, prompts, sampling, smk.output.shard, smk.output.manifest, log=log)
+    log(f"{stats}")
+
+
+run_job(snakemake, main)

@@ -1,0 +1,19 @@
+"""Train the demo world's tiny Stable-Diffusion-style pipeline on the pool and save it with save_pretrained."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from synret.workflow import run_job, write_json
+from synret.world.generator import GeneratorConfig, train_generator
+
+
+def main(smk, log):
+    images = np.load(smk.input.array)
+    captions = pa.concat_tables([pq.read_table(p, columns=["TEXT"]) for p in smk.input.metadata])
+    cfg = GeneratorConfig(**smk.params.train)
+    stats = train_generator(images, captions.column("TEXT").to_pylist(), smk.input.clip, smk.output[0], cfg, log=log)
+    write_json(f"{smk.output[0]}/training_stats.json", stats)
+
+
+run_job(snakemake, main)
