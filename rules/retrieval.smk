@@ -49,6 +49,7 @@ rule retrieval_candidates:
         "logs/retrieval/{task}/candidates.log",
     params:
         drop_nsfw=retrieval_setting("drop_nsfw"),
+        max_per_class=retrieval_setting("max_candidates_per_class"),
     conda:
         "../envs/synret.yaml"
     script:

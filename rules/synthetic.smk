@@ -19,6 +19,7 @@ rule synthesize_shard:
     threads: 2
     resources:
         gpu=1,
+    priority: 5
     conda:
         "../envs/synret.yaml"
     script:

@@ -36,7 +36,8 @@ if WORLD:
             "results/benchmarks/world/clip.tsv"
         params:
             train=canonical({**WORLD["clip"], "seed": WORLD["seed"]}),
-        threads: 4
+        threads: 8  # on a small machine it takes every core: other jobs would only slow this critical one
+        priority: 10
         conda:
             "../envs/synret.yaml"
         script:
@@ -55,7 +56,8 @@ if WORLD:
             "results/benchmarks/world/generator.tsv"
         params:
             train=canonical({**WORLD["generator"], "seed": WORLD["seed"]}),
-        threads: 4
+        threads: 8
+        priority: 10
         conda:
             "../envs/synret.yaml"
         script:

@@ -119,6 +119,7 @@ def test_counts(merged):
         "hits": 12,
         "hits_by_method": {"knn_image": 4, "knn_text": 3, "substring": 5},
         "nsfw_dropped_hits": 3,
+        "candidates_before_cap": 5,
         "candidates": 5,
         "candidates_per_class": {0: 3, 1: 2},
         "unique_urls": 4,
@@ -152,3 +153,20 @@ def test_no_hits():
     assert table.num_rows == 0
     assert table.column_names == ["label", "id", "url", "caption", "query", "methods", "score"]
     assert counts["hits"] == 0 and counts["candidates"] == 0 and counts["candidates_per_class"] == {}
+
+
+def test_cap_per_class_is_stable_and_nested():
+    rows = [(label, "q", "knn_image", 0.5, str(i), "UNLIKELY") for label in (0, 1) for i in range(label * 100, label * 100 + 30)]
+    capped = {}
+    for cap in (5, 10, None):
+        table, counts = merge_candidates(_knn(rows), None, ["NSFW"], max_per_class=cap)
+        capped[cap] = table.to_pandas()
+        assert counts["candidates_before_cap"] == 60
+    assert capped[5].groupby("label").size().tolist() == [5, 5]
+    assert len(capped[None]) == 60
+    for label in (0, 1):
+        small = set(capped[5].loc[capped[5]["label"] == label, "id"])
+        large = set(capped[10].loc[capped[10]["label"] == label, "id"])
+        assert small < large
+    shuffled, _ = merge_candidates(_knn(rows[::-1]), None, ["NSFW"], max_per_class=5)
+    assert set(shuffled.column("id").to_pylist()) == set(capped[5]["id"])

@@ -3,14 +3,15 @@
 import pandas as pd
 import pyarrow.parquet as pq
 
-from synret.clip import load_clip
-from synret.curate import curate, retrieved_rows, synthetic_rows
-from synret.synthesize import pick_device
 from synret.tasks import read_task
 from synret.workflow import run_job, write_json
 
 
 def main(smk, log):
+    from synret.clip import load_clip  # torch: import after run_job set the threads
+    from synret.curate import curate, retrieved_rows, synthetic_rows
+    from synret.synthesize import pick_device
+
     manifests = smk.input.manifests if isinstance(smk.input.manifests, list) else [smk.input.manifests]
     listed = pd.concat([pq.read_table(p).to_pandas() for p in manifests], ignore_index=True)
     rows = synthetic_rows(listed) if smk.wildcards.source == "synthetic" else retrieved_rows(listed)

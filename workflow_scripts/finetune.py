@@ -3,12 +3,13 @@
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from synret.cells import run_cell
 from synret.tasks import read_task
 from synret.workflow import run_job, write_json
 
 
 def main(smk, log):
+    from synret.cells import run_cell  # torch: import after run_job set the threads
+
     task = read_task(smk.input.task)
     wc = smk.wildcards
     splits = {s: pq.read_table(getattr(smk.input, s)).to_pandas() for s in smk.params.evaluate["splits"]}

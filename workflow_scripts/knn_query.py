@@ -3,12 +3,13 @@
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from synret.clip import encode_texts, load_clip
 from synret.knn import KnnIndex, knn_hits
 from synret.workflow import run_job
 
 
 def main(smk, log):
+    from synret.clip import encode_texts, load_clip  # torch: import after run_job set the threads
+
     queries = pq.read_table(smk.input.queries)
     queries = queries.filter(pc.equal(queries.column("kind"), "knn"))
     knn = smk.params.knn

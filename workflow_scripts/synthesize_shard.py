@@ -3,11 +3,12 @@
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from synret.synthesize import generate_shard, load_pipeline
 from synret.workflow import run_job, write_json
 
 
 def main(smk, log):
+    from synret.synthesize import generate_shard, load_pipeline  # torch: import after run_job set the threads
+
     prompts = pq.read_table(smk.input.prompts)
     prompts = prompts.filter(pc.equal(prompts.column("shard"), int(smk.wildcards.shard)))
     model, sampling = smk.params.model, smk.params.sampling

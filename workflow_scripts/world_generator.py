@@ -5,10 +5,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synret.workflow import run_job, write_json
-from synret.world.generator import GeneratorConfig, train_generator
 
 
 def main(smk, log):
+    from synret.world.generator import GeneratorConfig, train_generator  # torch: import after run_job set the threads
+
     images = np.load(smk.input.array)
     captions = pa.concat_tables([pq.read_table(p, columns=["TEXT"]) for p in smk.input.metadata])
     cfg = GeneratorConfig(**smk.params.train)

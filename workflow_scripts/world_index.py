@@ -4,13 +4,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from synret.clip import encode_texts, load_clip
-from synret.embed import embed_images
 from synret.knn import write_index_folder
 from synret.workflow import run_job
 
 
 def main(smk, log):
+    from synret.clip import encode_texts, load_clip  # torch: import after run_job set the threads
+    from synret.embed import embed_images
+
     metadata = pa.concat_tables([pq.read_table(p) for p in smk.input.metadata])
     images = np.load(smk.input.array)
     clip = load_clip(f"local-dir:{smk.input.clip}")

@@ -58,14 +58,15 @@ def pixel_descriptor(image: Image.Image, size: int) -> np.ndarray:
     return a / max(float(np.linalg.norm(a)), 1e-6)
 
 
-def describe(clip: LoadedClip, items: list, dedup: dict, batch_size: int, device: str) -> tuple[np.ndarray, np.ndarray]:
-    """CLIP embeddings (for scoring) and dedup descriptors of images given as bytes or paths."""
-    emb = embed_images(clip, items, batch_size=batch_size, device=device)
+def dedup_descriptors(
+    clip: LoadedClip, items: list, dedup: dict, batch_size: int, device: str, clip_emb: np.ndarray | None = None
+) -> np.ndarray:
+    """Dedup descriptors of images given as bytes or paths (``clip_emb``: their CLIP embeddings, if known)."""
     if dedup["descriptor"] == "clip":
-        return emb, emb
+        return clip_emb if clip_emb is not None else embed_images(clip, items, batch_size=batch_size, device=device)
     size = dedup["pixel_size"]
     pixels = [pixel_descriptor(decode_image(x) if isinstance(x, bytes) else Image.open(x), size) for x in items]
-    return emb, np.stack(pixels) if pixels else np.zeros((0, 3 * size * size), np.float32)
+    return np.stack(pixels) if pixels else np.zeros((0, 3 * size * size), np.float32)
 
 
 def describe_rows(clip: LoadedClip, rows: pd.DataFrame, cfg: dict, device: str, log: Callable):
@@ -75,7 +76,8 @@ def describe_rows(clip: LoadedClip, rows: pd.DataFrame, cfg: dict, device: str, 
     for shard, group in rows[have].groupby("shard", sort=True):
         images = read_images(shard, group["member"].unique())
         data = [images[m] for m in group["member"]]
-        e, d = describe(clip, data, cfg["dedup"], cfg["batch_size"], device)
+        e = embed_images(clip, data, batch_size=cfg["batch_size"], device=device)
+        d = dedup_descriptors(clip, data, cfg["dedup"], cfg["batch_size"], device, clip_emb=e)
         if emb is None:
             emb = np.full((len(rows), e.shape[1]), np.nan, dtype=np.float32)
             desc = np.full((len(rows), d.shape[1]), np.nan, dtype=np.float32)
@@ -133,7 +135,7 @@ def curate(
 
     # describe candidates and evaluation images
     emb, desc = describe_rows(clip, rows, cfg, device, log)
-    _, eval_desc = describe(clip, list(eval_items["path"]), cfg["dedup"], cfg["batch_size"], device)
+    eval_desc = dedup_descriptors(clip, list(eval_items["path"]), cfg["dedup"], cfg["batch_size"], device)
 
     # exact duplicates within a class, then near-duplicates of evaluation images
     pending = rows["drop_reason"].isna()

@@ -7,6 +7,8 @@ and each candidate remembers which methods and queries found it.
 
 from __future__ import annotations
 
+import hashlib
+
 import pandas as pd
 import pyarrow as pa
 
@@ -27,8 +29,23 @@ def _normalise(table: pa.Table, method: str | None) -> pd.DataFrame:
     return df[HIT_COLUMNS].astype(HIT_TYPES)
 
 
-def merge_candidates(knn: pa.Table | None, substring: pa.Table | None, drop_nsfw: list[str]) -> tuple[pa.Table, dict]:
-    """Union the hits, drop NSFW-tagged rows, one row per (label, id); returns (candidates, counts)."""
+def cap_per_class(candidates: pd.DataFrame, cap: int | None) -> pd.DataFrame:
+    """At most ``cap`` candidates per class, chosen by a hash of the pool id: deterministic, independent
+    of row order and of the other classes, and the same items stay chosen when the cap grows."""
+    if cap is None:
+        return candidates
+    order = candidates["id"].map(lambda i: hashlib.sha1(str(i).encode()).hexdigest())
+    ranked = candidates.assign(_order=order).sort_values(["label", "_order"], kind="stable")
+    return ranked.groupby("label", sort=True).head(cap).drop(columns="_order").sort_values(["label", "id"])
+
+
+def merge_candidates(
+    knn: pa.Table | None, substring: pa.Table | None, drop_nsfw: list[str], max_per_class: int | None = None
+) -> tuple[pa.Table, dict]:
+    """Union the hits, drop NSFW-tagged rows, one row per (label, id), optionally capped per class.
+
+    Returns (candidates, counts).
+    """
     frames = []
     if knn is not None:
         frames.append(_normalise(knn, None))
@@ -52,6 +69,8 @@ def merge_candidates(knn: pa.Table | None, substring: pa.Table | None, drop_nsfw
         methods=("method", lambda m: "+".join(sorted(set(m)))),
         score=("score", "max"),
     ).reset_index()
+    counts["candidates_before_cap"] = int(len(candidates))
+    candidates = cap_per_class(candidates, max_per_class).reset_index(drop=True)
     counts["candidates"] = int(len(candidates))
     counts["candidates_per_class"] = {
         int(k): int(v) for k, v in candidates["label"].value_counts().sort_index().items()

@@ -10,7 +10,7 @@ An adapter looks like::
     run_job(snakemake, main)
 
 ``run_job`` sends stdout and stderr to the rule's log file, sets the number of CPU threads from the
-rule's ``threads``, and turns expected errors (bad input files, missing columns, failed downloads)
+rule's ``threads`` (so adapters import torch-using modules inside ``main``), and turns expected errors (bad input files, missing columns, failed downloads)
 into one line naming the problem, instead of a traceback (set SYNRET_DEBUG=1 to log the traceback).
 """
 
@@ -33,9 +33,6 @@ def prepare_job_environment(src: str) -> None:
     """Environment every job inherits from the Snakemake process (set at workflow parse time)."""
     # jobs import the package from the checkout, also where it is not pip-installed
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
-    # When more jobs run than there are cores (`--cores 8` on a 2-core machine), OpenMP threads that
-    # spin while waiting made torch jobs 25x slower (measured); passive waiting costs little alone.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -47,13 +44,25 @@ def write_json(path: str | Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _set_threads(threads: int) -> None:
-    threads = max(1, min(int(threads), os.cpu_count() or 1))
+def configure_threads(threads: int, workflow_cores: int | None) -> int:
+    """Set the CPU threads of this job; call it before torch is imported. Returns the thread count.
+
+    OpenMP's wait policy matters on small machines: when Snakemake runs more jobs than there are cores
+    (`--cores 8` on 2 cores), threads that spin while waiting made torch jobs 25x slower (measured),
+    so they wait passively; a job that holds every core of the workflow keeps spinning threads, which
+    made a UNet training step 1.7x faster than passive ones.
+    """
+    if "torch" in sys.modules:
+        raise RuntimeError("configure_threads must run before torch is imported")
+    n = max(1, min(int(threads), os.cpu_count() or 1))
+    exclusive = workflow_cores is not None and threads >= workflow_cores
+    os.environ["OMP_WAIT_POLICY"] = "ACTIVE" if exclusive else "PASSIVE"
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(threads)
+        os.environ[var] = str(n)
     import torch
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(n)
+    return n
 
 
 def run_job(smk: Any, main: Callable[[Any, Callable[[str], None]], None], uses_torch: bool = True) -> None:
@@ -68,7 +77,7 @@ def run_job(smk: Any, main: Callable[[Any, Callable[[str], None]], None], uses_t
         print(f"[{time.time() - start:7.1f}s] {message}", file=stream, flush=True)
 
     if uses_torch:
-        _set_threads(smk.threads)
+        configure_threads(smk.threads, smk.resources.get("_cores"))
     try:
         main(smk, log)
     except EXPECTED_ERRORS as e:
