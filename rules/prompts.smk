@@ -25,6 +25,8 @@ rule retrieval_queries:
         "results/prompts/{task}/queries.parquet",
     log:
         "logs/prompts/{task}.queries.log",
+    params:
+        rewrite=lambda wildcards: retrieval_setting("substring")(wildcards).get("rewrite", "none"),
     conda:
         "../envs/synret.yaml"
     script:

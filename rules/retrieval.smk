@@ -1,6 +1,9 @@
 # Retrieved arm: CLIP kNN search (text-to-image and text-to-text) over a faiss index in
 # clip-retrieval's layout, caption matching over the pool's metadata parts (one job per part), the
-# union of the hits without NSFW rows, and the download of their URLs with img2dataset.
+# union of the hits without NSFW rows, and the download of their URLs with img2dataset. With
+# pool.knn_service set, the kNN searches go to a running `clip-retrieval back` instead of a local index.
+
+from synret.knn_client import knn_settings
 
 
 rule knn_query:
@@ -13,7 +16,7 @@ rule knn_query:
     log:
         "logs/retrieval/{task}/knn.log",
     params:
-        knn=retrieval_setting("knn"),
+        knn=lambda wildcards: knn_settings(retrieval_setting("knn")(wildcards), config["pool"]),
         model=knn_model(),
         columns=canonical(config["pool"]["columns"]),
     threads: 2

@@ -232,6 +232,32 @@ def test_knn_enabled_without_index(config):
     assert "config key 'pool.knn_index'" in message
 
 
+def test_knn_service_replaces_the_index(config):
+    config["pool"]["knn_index"] = None
+    config["pool"]["knn_service"] = {"url": "http://127.0.0.1:1234", "indice_name": "laion"}
+    check_config(config, SCHEMA)
+
+
+def test_knn_index_and_service_together(config):
+    config["pool"]["knn_service"] = {"url": "http://127.0.0.1:1234"}
+    message = _problems(config)
+    assert "'pool.knn_index' and 'pool.knn_service'" in message
+
+
+def test_knn_service_needs_an_http_url_and_known_keys(config):
+    config["pool"]["knn_index"] = None
+    config["pool"]["knn_service"] = {"url": "127.0.0.1:1234", "k": 3}
+    message = _problems(config)
+    assert "config key 'pool.knn_service.url'" in message
+    assert "config key 'pool.knn_service': unknown key(s) 'k'" in message
+
+
+def test_substring_rewrite_is_checked(config):
+    config["task_settings"]["shapes"]["retrieval"] = {"substring": {"rewrite": "all_words"}}
+    message = _problems(config)
+    assert "config key 'task_settings.shapes.retrieval.substring.rewrite'" in message
+
+
 def test_knn_index_not_needed_when_knn_disabled(config):
     config["pool"]["knn_index"] = None
     config["retrieval"]["knn"]["enabled"] = False

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from synret.prompts import fill_prompt, generator_prompts, retrieval_queries
+from synret.prompts import fill_prompt, generator_prompts, retrieval_queries, rewrite_alternatives
 
 CLASSES = ["red star", "blue circle", "apple", "green square", "octagon"]
 
@@ -187,3 +187,50 @@ def test_retrieval_queries_empty_task():
     table = retrieval_queries({"classnames": [], "retrieval_templates": ["{c}"], "queries": {}})
     assert table.num_rows == 0
     assert table.column_names == ["label", "kind", "query", "terms"]
+
+
+# ---------------------------------------------------------------- substring query rewrites
+
+CARS = ["AM General Hummer SUV 2000", "Chevrolet Silverado 2500HD Regular Cab 2012", "Mercedes-Benz Sprinter Van 2012"]
+
+
+def test_rewrite_none_keeps_the_terms():
+    task = _task()
+    assert retrieval_queries(task, "none").equals(retrieval_queries(task))
+
+
+def test_rewrite_all_tokens_splits_names_like_the_reference_cars_queries():
+    task = {"classnames": CARS, "retrieval_templates": ["a photo of a {c}."], "queries": {c: [[c]] for c in CARS}}
+    rows = [r for r in retrieval_queries(task, "all_tokens").to_pylist() if r["kind"] == "substring"]
+    assert [r["terms"] for r in rows] == [
+        ["AM", "General", "Hummer", "SUV", "2000"],
+        ["Chevrolet", "Silverado", "2500HD", "Regular", "Cab", "2012"],
+        ["Mercedes", "Benz", "Sprinter", "Van", "2012"],  # hyphens become spaces, as in the reference
+    ]
+    assert rows[0]["query"] == "AM AND General AND Hummer AND SUV AND 2000"
+    # kNN queries are untouched
+    knn = [r["query"] for r in retrieval_queries(task, "all_tokens").to_pylist() if r["kind"] == "knn"]
+    assert knn == [f"a photo of a {c}." for c in CARS]
+
+
+def test_rewrite_all_tokens_dedups_words_and_alternatives():
+    assert rewrite_alternatives([["red star", "star"], ["star", "red"], ["a & b"]], "all_tokens") == [
+        ["red", "star"], ["star", "red"], ["a", "b"]]
+    assert rewrite_alternatives([["St. Bernard"], ["St.  Bernard"]], "all_tokens") == [["St.", "Bernard"]]
+
+
+def test_rewrite_all_tokens_matches_words_in_any_order():
+    from synret.substring import TermMatcher
+
+    name = "AM General Hummer SUV 2000"
+    caption = "2000 Hummer SUV for sale, AM General original paint"
+    for rewrite, hits in (("none", 0), ("all_tokens", 1)):
+        table = retrieval_queries({"classnames": [name], "retrieval_templates": [], "queries": {name: [[name]]}},
+                                  rewrite).to_pylist()
+        matcher = TermMatcher((r["label"], r["query"], r["terms"]) for r in table)
+        assert len(matcher.match(caption)) == hits
+
+
+def test_unknown_rewrite_names_the_config_key():
+    with pytest.raises(ValueError, match=r"'retrieval\.substring\.rewrite'.*all_tokens"):
+        retrieval_queries(_task(), "every_token")

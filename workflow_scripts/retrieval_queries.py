@@ -8,7 +8,7 @@ from synret.workflow import run_job
 
 
 def main(smk, log):
-    table = retrieval_queries(read_task(smk.input.task))
+    table = retrieval_queries(read_task(smk.input.task), smk.params.rewrite)
     pq.write_table(table, smk.output[0])
     log(f"{table.num_rows} queries")
 

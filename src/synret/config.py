@@ -145,8 +145,11 @@ def path_errors(config: dict) -> list[str]:
         if not produced_by_world(config, pool["metadata"]) and not glob.glob(pool["metadata"]):
             problems.append(f"config key 'pool.metadata': no files match {pool['metadata']!r}")
         if any(stage_settings(config, "retrieval", t)["knn"]["enabled"] for t in config["tasks"]):
-            if not pool.get("knn_index"):
-                problems.append("config key 'pool.knn_index': kNN retrieval is enabled but no index is set")
+            if pool.get("knn_index") and pool.get("knn_service"):
+                problems.append("config keys 'pool.knn_index' and 'pool.knn_service': set one kNN backend, not both")
+            elif not pool.get("knn_index") and not pool.get("knn_service"):
+                problems.append("config key 'pool.knn_index': kNN retrieval is enabled but neither an index "
+                                "nor 'pool.knn_service' is set")
             need("pool.knn_index", pool.get("knn_index"), "kNN index folder")
         if pool.get("serve"):
             need("pool.serve.root", pool["serve"]["root"], "served folder")

@@ -4,7 +4,9 @@ Layout (what ``clip-retrieval index`` writes and ``clip-retrieval back`` serves)
 ``text.index`` (faiss, inner product over L2-normalised CLIP embeddings) and ``metadata/*.parquet``,
 whose rows, in file-name order, are the index ids. We read such folders with faiss itself (memory-
 mapped where faiss allows it) instead of importing clip-retrieval, whose pins (numpy<2, pyarrow<16,
-open_clip<3) would hold the whole stack back.
+open_clip<3) would hold the whole stack back. The same searches can go to a running
+``clip-retrieval back`` instead (:func:`service_hits`, over :mod:`synret.knn_client`), with the same
+output.
 """
 
 from __future__ import annotations
@@ -108,11 +110,52 @@ def knn_hits(
             out["score"] += scores[q][keep].tolist()
             out["row"] += ids[q][keep].tolist()
     meta = index.metadata.take(pa.array(out.pop("row"), pa.int64()))
+    return _hits_table(out, meta, columns, "kNN index metadata", "pool.columns")
+
+
+def _hits_table(out: dict, meta: pa.Table, columns: dict[str, str], source: str, key: str) -> pa.Table:
+    """The hits (label, query, method, rank, score) with the metadata columns mapped to their roles."""
     table = pa.table({**out, "label": pa.array(out["label"], pa.int32()), "score": pa.array(out["score"], pa.float32())})
     for role in ("id", "url", "caption", "nsfw"):
         column = columns.get(role)
         if column:
             if column not in meta.column_names:
-                raise KeyError(f"kNN index metadata has no column {column!r} (config key 'pool.columns.{role}')")
+                raise KeyError(f"{source} has no column {column!r} (config key '{key}.{role}')")
             table = table.append_column(role, meta.column(column).cast(pa.string()))
     return table
+
+
+def service_hits(
+    client, query_emb: np.ndarray | None, labels: Sequence[int], queries: Sequence[str], modalities: Sequence[str],
+    k: int, columns: dict[str, str], parallel: int = 4,
+) -> pa.Table:
+    """:func:`knn_hits` over a running ``clip-retrieval back`` (a :class:`synret.knn_client.KnnServiceClient`).
+
+    With ``query_emb`` the query embeddings are sent (``embedding_input``), so the workflow's own
+    CLIP embeds them exactly as for a local index; with None the texts are sent and the service's
+    CLIP embeds them. Same rows and columns as :func:`knn_hits`; ``columns`` name the service's
+    metadata columns (its ``id`` field, the index row, is there as column ``id``).
+    """
+    items = [(modality, q) for modality in modalities for q in range(len(queries))]
+    requests = [
+        {"modality": modality, "k": k,
+         **({"text": queries[q]} if query_emb is None else {"embedding": np.asarray(query_emb[q]).tolist()})}
+        for modality, q in items
+    ]
+    answers = client.query_many(requests, parallel)
+    out = {"label": [], "query": [], "method": [], "rank": [], "score": []}
+    rows: list[dict] = []
+    for (modality, q), results in zip(items, answers):
+        for rank, result in enumerate(results):
+            out["label"].append(labels[q])
+            out["query"].append(queries[q])
+            out["method"].append(f"knn_{modality}")
+            out["rank"].append(rank)
+            out["score"].append(float(result["similarity"]))
+            rows.append(result)
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    meta = pa.table({name: pa.array([None if row.get(name) is None else str(row[name]) for row in rows], pa.string())
+                     for name in names})
+    if not rows:  # nothing found: empty columns of every configured name
+        meta = pa.table({c: pa.array([], pa.string()) for c in columns.values() if c})
+    return _hits_table(out, meta, columns, f"the kNN service {client.url}", "pool.knn_service.columns")

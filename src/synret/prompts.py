@@ -47,13 +47,42 @@ def generator_prompts(classnames: list[str], cfg: dict, shard_size: int) -> pa.T
     return pa.table({**rows, "label": pa.array(rows["label"], pa.int32()), "shard": pa.array(rows["shard"], pa.int32())})
 
 
-def retrieval_queries(task: dict) -> pa.Table:
-    """kNN text queries (templates x classes) and substring queries (alternatives of terms) of a task."""
+QUERY_REWRITES = ("none", "all_tokens")
+
+
+def rewrite_alternatives(alternatives: list[list[str]], rewrite: str = "none") -> list[list[str]]:
+    """Apply a substring-query rewrite to one class's alternatives (each a list of terms).
+
+    ``none`` keeps the terms (a multi-word term is a phrase: its words must occur in order);
+    ``all_tokens`` splits every term at spaces and hyphens, so each word must occur somewhere in the
+    caption, in any order (the reference's Stanford Cars queries: ``"AM" AND "General" AND "Hummer"``).
+    Repeated words and alternatives that become identical are kept once; words without a letter or
+    digit are dropped.
+    """
+    if rewrite not in QUERY_REWRITES:
+        raise ValueError(f"unknown substring query rewrite {rewrite!r} (config key 'retrieval.substring.rewrite'; "
+                         f"choose from {', '.join(QUERY_REWRITES)})")
+    if rewrite == "none":
+        return [list(terms) for terms in alternatives]
+    out: list[list[str]] = []
+    for terms in alternatives:
+        words = [w for term in terms for w in re.split(r"[\s-]+", term) if re.search(r"[^\W_]", w)]
+        words = list(dict.fromkeys(words))  # words without letters or digits ("&") match nothing
+        if words and words not in out:
+            out.append(words)
+    return out
+
+
+def retrieval_queries(task: dict, rewrite: str = "none") -> pa.Table:
+    """kNN text queries (templates x classes) and substring queries (alternatives of terms) of a task.
+
+    ``rewrite`` reshapes every class's substring alternatives (see :func:`rewrite_alternatives`).
+    """
     rows = []
     for label, name in enumerate(task["classnames"]):
         for template in task["retrieval_templates"]:
             rows.append((label, "knn", fill_template(template, name), None))
-        for terms in task["queries"][name]:  # alternatives; every term of one must occur
+        for terms in rewrite_alternatives(task["queries"][name], rewrite):  # every term of one must occur
             rows.append((label, "substring", " AND ".join(terms), list(terms)))
     labels, kinds, queries, terms = zip(*rows) if rows else ((), (), (), ())
     return pa.table(
