@@ -39,6 +39,8 @@ def collect(metric_files: Sequence[str | Path], expected_rows: int | None = None
 
 
 def _plot_axes(ax, df: pd.DataFrame, task: str, metric: str) -> None:
+    import matplotlib.ticker
+
     cells = df[(df["task"] == task) & (df["source"] != "zeroshot")]
     for source, group in cells.groupby("source", sort=True):
         stats = group.groupby("scale")[metric].agg(["mean", "min", "max"]).sort_index()
@@ -51,6 +53,10 @@ def _plot_axes(ax, df: pd.DataFrame, task: str, metric: str) -> None:
     if len(zero):
         ax.axhline(float(zero.mean()), color="gray", ls="--", label="zero-shot")
     ax.set_xscale("log")
+    scales = sorted(cells["scale"].unique())
+    if scales:  # label the grid's own scales, not powers of ten
+        ax.set_xticks(scales, [f"{s:,}" for s in scales])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("training images")
     ax.set_ylabel("top-1 accuracy" if metric == "top1" else "mean per-class accuracy")
     ax.set_title(task)

@@ -89,8 +89,8 @@ def schema_errors(config: dict, schema_path: str) -> list[str]:
     """Every schema violation as one line naming the config key."""
     import jsonschema
 
-    with open(schema_path) as f:
-        schema = yaml.safe_load(f)
+    with open(schema_path) as f:  # libyaml's loader, when present, reads it ~10x faster (it runs on every call)
+        schema = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     validator = jsonschema.Draft202012Validator(schema)
     lines = []
     for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
