@@ -4,6 +4,7 @@
 #
 # Stages, one file each in rules/, data flowing one way:
 #   world      (demo only) pool + images served over HTTP, tiny CLIP, tiny SD pipeline, kNN index, datasets
+#   preflight  (real data only) every model, dataset, pool and index the config names  results/preflight.json
 #   tasks      class names, templates, split manifests            results/tasks/{task}/
 #   prompts    generator prompts and retrieval queries            results/prompts/{task}/
 #   synthetic  generated webdataset shards + manifests            results/synthetic/{task}/
@@ -26,6 +27,7 @@ configfile: os.path.join(workflow.basedir, "config.yaml")
 
 include: "rules/common.smk"
 include: "rules/world.smk"
+include: "rules/preflight.smk"
 include: "rules/tasks.smk"
 include: "rules/prompts.smk"
 include: "rules/synthetic.smk"

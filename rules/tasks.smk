@@ -3,7 +3,8 @@
 
 rule task:
     input:
-        dataset_root_input,
+        dataset=dataset_root_input,
+        preflight=[] if WORLD else ancient("results/preflight.json"),
     output:
         task="results/tasks/{task}/task.json",
         train="results/tasks/{task}/train.parquet",

@@ -1,0 +1,138 @@
+"""configs/paper.yaml: valid, faithful to the reference protocol, and its whole grid plans with `snakemake -n`.
+
+No dataset, model or pool is needed: the dry run happens in a scratch directory where the paths the config
+names exist as empty stand-ins (the parse-time check only asks that local paths exist; the preflight job,
+which looks inside them, is planned but not run by `-n`).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from synret.config import check_config, deep_merge, shard_count, stage_settings, task_definition
+from synret.preflight import preflight_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = str(ROOT / "config.schema.yaml")
+POOL_PARTS = 3
+
+
+def _load(path: Path) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+@pytest.fixture(scope="module")
+def paper() -> dict:
+    return deep_merge(_load(ROOT / "config.yaml"), _load(ROOT / "configs" / "paper.yaml"))
+
+
+def stand_ins(workdir: Path, config: dict) -> None:
+    """Empty files and folders at every local path the config names."""
+    for task in config["tasks"]:
+        Path(workdir, config["task_settings"][task]["dataset"]["root"]).mkdir(parents=True, exist_ok=True)
+    metadata = Path(workdir, config["pool"]["metadata"])
+    metadata.parent.mkdir(parents=True, exist_ok=True)
+    for i in range(POOL_PARTS):
+        (metadata.parent / f"part-{i:05d}.parquet").touch()
+    Path(workdir, config["pool"]["knn_index"]).mkdir(parents=True, exist_ok=True)
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+         "--configfile", str(ROOT / "configs" / "paper.yaml"), "--cores", "16", *args],
+        capture_output=True, text=True, timeout=600)
+
+
+def job_stats(stdout: str) -> dict[str, int]:
+    table = stdout.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+# ---------------------------------------------------------------- the configuration
+
+
+def test_paper_config_is_valid_where_its_paths_exist(paper, tmp_path, monkeypatch):
+    stand_ins(tmp_path, paper)
+    monkeypatch.chdir(tmp_path)
+    assert check_config(paper, SCHEMA) is None
+    assert paper["world"] is None
+
+
+def test_paper_protocol(paper):
+    assert paper["tasks"] == ["imagenet", "dtd", "fgvc_aircraft", "stanford_cars", "flowers102"]
+    assert (paper["clip"]["model"], paper["clip"]["pretrained"]) == ("ViT-B-16", "laion2b_s34b_b88k")
+    ft = {t: stage_settings(paper, "finetune", t) for t in paper["tasks"]}
+    for task, cfg in ft.items():
+        assert (cfg["batch_size"], cfg["weight_decay"], cfg["betas"], cfg["warmup_steps"], cfg["grad_clip"]) == (
+            512, 0.1, [0.9, 0.95], 500, 1.0)
+        assert (cfg["lr"], cfg["epochs"]) == ((1e-6, 10) if task == "imagenet" else (1e-5, 30))
+    syn = stage_settings(paper, "synthetic", "dtd")
+    assert (syn["scheduler"], syn["steps"], syn["guidance_scale"], syn["height"], syn["width"], syn["save_size"]) == (
+        "ddim", 50, 2.0, 512, 512, 256)
+    retrieval = stage_settings(paper, "retrieval", "dtd")
+    assert retrieval["knn"]["k"] == 500 and retrieval["download"]["image_size"] == 256
+    assert "NSFW" in retrieval["drop_nsfw"]
+
+
+def test_paper_templates_and_splits(paper):
+    defs = {t: task_definition(paper, t) for t in paper["tasks"]}
+    assert len(defs["imagenet"]["templates"]) == 80 and len(set(defs["imagenet"]["templates"])) == 80
+    assert len(defs["imagenet"]["filter_templates"]) == 7
+    assert [len(defs[t]["templates"]) for t in ("dtd", "fgvc_aircraft", "stanford_cars", "flowers102")] == [12, 2, 9, 2]
+    assert [len(defs[t]["retrieval_templates"]) for t in ("dtd", "fgvc_aircraft", "stanford_cars", "flowers102")] == [
+        8, 2, 8, 1]
+    for d in defs.values():
+        for template in d["templates"] + d["retrieval_templates"] + d["filter_templates"]:
+            assert "{c}" in template, template
+    assert defs["stanford_cars"]["dataset"]["val_from_train"] == {"seed": 42, "size": 0.2}
+    assert defs["imagenet"]["dataset"]["val_from_train"] == {"seed": 42, "size": 50000}
+    assert defs["imagenet"]["dataset"]["splits"]["test"] == "val"
+    assert defs["dtd"]["dataset"]["partition"] == 1
+
+
+def test_preflight_spec_names_everything_the_grid_needs(paper):
+    spec = preflight_spec(paper)
+    assert spec["generator"]["model"] == paper["generator"]["model"]
+    assert sorted(spec["datasets"]) == sorted(paper["tasks"])
+    assert spec["retrieval"] == {"knn_modalities": ["image", "text"], "substring": True}
+    assert spec["knn_model"] == paper["pool"]["knn_model"]
+
+
+# ---------------------------------------------------------------- the dry run
+
+
+def test_dry_run_lists_the_whole_grid(paper, tmp_path):
+    stand_ins(tmp_path, paper)
+    proc = snakemake(tmp_path, "-n")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stats = job_stats(proc.stdout)
+    tasks = paper["tasks"]
+    cells = len(tasks) * len(paper["sources"]) * len(paper["scales"]) * len(paper["seeds"])
+    shards = sum(shard_count(stage_settings(paper, "prompts", t)["images"],
+                             stage_settings(paper, "synthetic", t)["shard_size"]) for t in tasks)
+    assert stats["preflight"] == 1
+    assert stats["task"] == stats["zeroshot"] == stats["knn_query"] == stats["fetch_retrieved"] == len(tasks)
+    assert stats["finetune"] == cells == 30
+    assert stats["synthesize_shard"] == shards == 250
+    assert stats["substring_scan"] == len(tasks) * POOL_PARTS
+    assert stats["curate"] == len(tasks) * len(paper["sources"])
+    assert stats["aggregate"] == 1
+    for task in tasks:
+        assert f"results/cells/{task}/synthetic/n100000/seed42/metrics.json" in proc.stdout
+    assert not (tmp_path / "results").exists()  # nothing ran
+
+
+def test_without_data_the_run_stops_before_any_job_naming_every_missing_path(tmp_path):
+    proc = snakemake(tmp_path, "-n")
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "config key 'pool.metadata'" in out and "config key 'task_settings.stanford_cars.dataset.root'" in out
+    assert "Traceback" not in out
