@@ -258,6 +258,19 @@ def test_substring_rewrite_is_checked(config):
     assert "config key 'task_settings.shapes.retrieval.substring.rewrite'" in message
 
 
+def test_prompts_llm_block_is_validated(config):
+    config["prompts"]["llm"] = {"model": "meta-llama/Llama-2-7b-hf", "weights": {"class": 0.44, "background": 0.45,
+                                                                                "relation": 0.11}}
+    config["task_settings"]["shapes"]["prompts"] = {"llm": {"class_template": "{c} shape"}}
+    check_config(config, SCHEMA)
+    config["task_settings"]["shapes"]["prompts"] = {"llm": {"weights": {"scene": 1}}}
+    message = _problems(config)
+    assert "config key 'task_settings.shapes.prompts.llm.weights': unknown key(s) 'scene'" in message
+    config["task_settings"]["shapes"]["prompts"] = {}
+    config["prompts"]["llm"] = {"shots": 3}
+    assert "config key 'prompts.llm': 'model' is a required property" in _problems(config)
+
+
 def test_knn_index_not_needed_when_knn_disabled(config):
     config["pool"]["knn_index"] = None
     config["retrieval"]["knn"]["enabled"] = False

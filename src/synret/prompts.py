@@ -47,6 +47,18 @@ def generator_prompts(classnames: list[str], cfg: dict, shard_size: int) -> pa.T
     return pa.table({**rows, "label": pa.array(rows["label"], pa.int32()), "shard": pa.array(rows["shard"], pa.int32())})
 
 
+def prompt_table(classnames: list[str], cfg: dict, shard_size: int, log=print) -> tuple[pa.Table, dict]:
+    """The generator's prompt table: template prompts, or LLM captions when ``cfg['llm']`` is set
+    (rows keep the template table's keys, labels and shards; see :mod:`synret.captions`)."""
+    table = generator_prompts(classnames, cfg, shard_size)
+    if not cfg.get("llm"):
+        return table, {"source": "templates"}
+    from .captions import caption_table  # transformers and torch: only when an LLM is configured
+
+    table, stats = caption_table(classnames, cfg, table, log)
+    return table, {"source": "llm", **stats}
+
+
 QUERY_REWRITES = ("none", "all_tokens")
 
 
