@@ -245,3 +245,12 @@ def _env() -> dict:
     import os
 
     return {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+
+
+def test_knn_service_that_does_not_answer(complete, tmp_path):
+    """With pool.knn_service set, the service replaces the index folder; a dead URL is reported, not the folder."""
+    service = {"url": closed_port_endpoint(), "indice_name": None}
+    spec = {**complete, "pool": {**complete["pool"], "knn_index": None, "knn_service": service}}
+    (problem,) = preflight_problems(spec)
+    assert problem.key == "pool.knn_service.url" and "no kNN service answers" in problem.what
+    assert "clip-retrieval back" in problem.how

@@ -196,7 +196,9 @@ def check_pool(pool: dict, retrieval: dict) -> list[Problem]:
                 problems.append(Problem("pool.columns", f"{files[0]!r} has no column(s) {', '.join(lacking)} "
                                         f"(it has {', '.join(sorted(names))})", "set pool.columns to the pool's names"))
     modalities = retrieval.get("knn_modalities") or []
-    if modalities:
+    if modalities and pool.get("knn_service"):
+        problems += check_knn_service(pool["knn_service"])
+    elif modalities:
         folder = pool.get("knn_index")
         if not folder or not os.path.isdir(folder):
             problems.append(Problem("pool.knn_index", f"kNN index folder {folder!r} does not exist", INDEX_HINT))
@@ -208,6 +210,26 @@ def check_pool(pool: dict, retrieval: dict) -> list[Problem]:
                 problems.append(Problem("pool.knn_index", f"kNN index folder {folder!r} lacks {', '.join(lacking)}",
                                         INDEX_HINT))
     return problems
+
+
+def check_knn_service(service: dict) -> list[Problem]:
+    """A running ``clip-retrieval back``: it answers ``GET /indices-list`` and serves the named index."""
+    import json
+    import urllib.request
+
+    url = service["url"].rstrip("/") + "/indices-list"
+    how = ("start `clip-retrieval back` over your index in its own environment (envs/clip-retrieval.yaml; "
+           "see src/synret/knn_client.py), or set pool.knn_service: null and pool.knn_index to a local index")
+    try:
+        with urllib.request.urlopen(url, timeout=HUB_TIMEOUT_S) as response:
+            indices = json.loads(response.read())
+    except Exception as e:  # refused, timed out, not JSON: the service is not usable
+        return [Problem("pool.knn_service.url", f"no kNN service answers at {url} ({type(e).__name__})", how)]
+    name = service.get("indice_name")
+    if name and name not in indices:
+        return [Problem("pool.knn_service.indice_name", f"the service at {url} has no index {name!r} "
+                        f"(it serves {', '.join(map(str, indices))})", "set indice_name to one of those")]
+    return []
 
 
 # ---------------------------------------------------------------- all of it
@@ -242,10 +264,11 @@ def preflight_spec(config: dict) -> dict:
     if "retrieved" in config["sources"]:
         retrieval = [stage_settings(config, "retrieval", t) for t in tasks]
         modalities = sorted({m for r in retrieval if r["knn"]["enabled"] for m in r["knn"]["modalities"]})
-        spec["pool"] = {k: config["pool"].get(k) for k in ("metadata", "columns", "knn_index")}
+        spec["pool"] = {k: config["pool"].get(k) for k in ("metadata", "columns", "knn_index", "knn_service")}
         spec["retrieval"] = {"substring": any(r["substring"]["enabled"] for r in retrieval),
                              "knn_modalities": modalities}
-        if modalities:
+        service = config["pool"].get("knn_service") or {}
+        if modalities and service.get("query", "embedding") == "embedding":  # queries are embedded here
             spec["knn_model"] = config["pool"].get("knn_model") or config["clip"]["model"]
     return canonical(spec)
 
