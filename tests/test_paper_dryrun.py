@@ -98,6 +98,16 @@ def test_paper_templates_and_splits(paper):
     assert defs["dtd"]["dataset"]["partition"] == 1
 
 
+def test_paper_names_match_their_sources(paper):
+    """ImageNet's templates are open_clip's OpenAI ones; the Flowers renames hit torchvision's class names."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+    from torchvision.datasets import Flowers102
+
+    assert task_definition(paper, "imagenet")["templates"] == [t("{c}") for t in OPENAI_IMAGENET_TEMPLATES]
+    renames = task_definition(paper, "flowers102")["dataset"]["renames"]
+    assert set(renames) <= set(Flowers102.classes) and not set(renames.values()) & set(Flowers102.classes)
+
+
 def test_preflight_spec_names_everything_the_grid_needs(paper):
     spec = preflight_spec(paper)
     assert spec["generator"]["model"] == paper["generator"]["model"]
