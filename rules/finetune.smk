@@ -1,5 +1,6 @@
 # One job per cell of the grid: finetune on the cell's nested subset of a curated source, then
-# evaluate on the task's val and test splits. Zero-shot cells evaluate the untouched model.
+# evaluate on the task's val and test splits. Zero-shot cells evaluate the untouched model. With
+# evaluate.linear_probe set, a linear probe trained on the task's own train split measures the tower too.
 
 
 rule finetune:
@@ -9,6 +10,9 @@ rule finetune:
         task="results/tasks/{task}/task.json",
         val="results/tasks/{task}/val.parquet",
         test="results/tasks/{task}/test.parquet",
+        probe_train=lambda wc: (  # the task's train split, read only by the linear-probe evaluation
+            [] if settings_of("evaluate")(wc).get("linear_probe") is None else f"results/tasks/{wc.task}/train.parquet"
+        ),
         model=clip_model_input(),
     output:
         metrics="results/cells/{task}/{source}/n{scale}/seed{seed}/metrics.json",
@@ -35,6 +39,9 @@ rule zeroshot:
         task="results/tasks/{task}/task.json",
         val="results/tasks/{task}/val.parquet",
         test="results/tasks/{task}/test.parquet",
+        probe_train=lambda wc: (  # the task's train split, read only by the linear-probe evaluation
+            [] if settings_of("evaluate")(wc).get("linear_probe") is None else f"results/tasks/{wc.task}/train.parquet"
+        ),
         model=clip_model_input(),
     output:
         metrics="results/cells/{task}/zeroshot/metrics.json",

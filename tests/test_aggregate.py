@@ -91,6 +91,14 @@ def test_collect_missing_optional_columns_are_empty(tmp_path):
     assert pd.isna(df.loc[0, "val_top1"]) and pd.isna(df.loc[0, "steps"])
 
 
+def test_collect_linear_probe_columns_only_when_present(tmp_path):
+    cells = [_cell("a", "zeroshot", 0, 0, 0.3, lp_top1=0.6, lp_mean_per_class=0.55), _cell("a", "synthetic", 10, 0, 0.5)]
+    df = collect(_write(tmp_path, cells))
+    assert list(df.columns) == TABLE_COLUMNS + ["lp_top1", "lp_mean_per_class"]
+    assert df.loc[df["source"] == "zeroshot", "lp_top1"].item() == pytest.approx(0.6)
+    assert pd.isna(df.loc[df["source"] == "synthetic", "lp_top1"].item())
+
+
 def test_collect_wrong_row_count(tmp_path):
     paths = _write(tmp_path, CELLS[:3])
     with pytest.raises(ValueError, match="expected 4 result rows, found 3"):

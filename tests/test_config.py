@@ -271,6 +271,18 @@ def test_prompts_llm_block_is_validated(config):
     assert "config key 'prompts.llm': 'model' is a required property" in _problems(config)
 
 
+def test_linear_probe_options_are_validated(config):
+    config["evaluate"]["linear_probe"] = {}
+    config["task_settings"]["shapes"]["evaluate"] = {"linear_probe": {"lr": 1.0e-3, "epochs": 40, "weight_decay": 0}}
+    config["finetune"]["mode"] = "linear_probe"
+    check_config(config, SCHEMA)
+    config["evaluate"]["linear_probe"] = {"train_splits": ["test"]}
+    config["finetune"]["mode"] = "head"
+    message = _problems(config)
+    assert "config key 'evaluate.linear_probe.train_splits.0'" in message
+    assert "config key 'finetune.mode'" in message
+
+
 def test_knn_index_not_needed_when_knn_disabled(config):
     config["pool"]["knn_index"] = None
     config["retrieval"]["knn"]["enabled"] = False

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
+from synret.cells import run_cell
 from synret.clip import encode_texts, fill_template, load_clip, zero_shot_weights
-from synret.finetune import FinetuneConfig, build_classifier, evaluate, lr_at, train_classifier
+from synret.finetune import (
+    FinetuneConfig,
+    ProbeConfig,
+    accuracy,
+    build_classifier,
+    evaluate,
+    lr_at,
+    train_classifier,
+    train_probe,
+)
 from synret.shards import encode_image
 
 CLASSES = ["circle", "square", "triangle", "pentagon", "hexagon", "star", "cross", "ring", "heart", "crescent"]
@@ -96,3 +107,99 @@ def test_mean_per_class_differs_from_top1_on_imbalanced_data(tiny_clip_dir, shap
     correct = pred == labels[:14]
     assert out["top1"] == pytest.approx(correct.mean())
     assert out["mean_per_class"] == pytest.approx(np.mean([correct[:12].mean(), correct[12:].mean()]))
+
+
+# ---------------------------------------------------------------- linear probes
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models take many small steps: more threads only contend on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_linear_probe_mode_trains_only_the_head(tiny_clip_dir, shape_images, one_thread):
+    images, labels = shape_images
+    data = [encode_image(im, "png") for im in images[:30]]
+    clip = load_clip(f"local-dir:{tiny_clip_dir}")
+    model = build_classifier(clip, CLASSES, ["a {c}."], "cpu")
+    tower = {k: v.clone() for k, v in model.visual.state_dict().items()}
+    head = model.head.weight.detach().clone()
+    cfg = FinetuneConfig(epochs=3, batch_size=10, lr=1e-2, weight_decay=0.1, betas=(0.9, 0.95), warmup_steps=1,
+                         grad_clip=1.0, label_smoothing=0.0, num_workers=0, augment="open_clip", seed=0,
+                         mode="linear_probe")
+    stats = train_classifier(model, data, labels[:30].tolist(), clip.preprocess_train, cfg, "cpu", "fp32",
+                             log=lambda m: None)
+    assert stats["steps"] == 9
+    for k, v in model.visual.state_dict().items():
+        assert torch.equal(v, tower[k]), k
+    assert not torch.allclose(model.head.weight, head)
+    with pytest.raises(ValueError, match=r"'finetune\.mode'"):
+        FinetuneConfig(epochs=1, batch_size=1, lr=1.0, weight_decay=0.0, betas=(0.9, 0.95), warmup_steps=0,
+                       grad_clip=None, label_smoothing=0.0, num_workers=0, augment="none", mode="head_only")
+
+
+def test_probe_defaults_are_the_references():
+    cfg = ProbeConfig()
+    assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.weight_decay, cfg.warmup_steps) == (1e-2, 256, 200, 0.1, 200)
+    assert tuple(cfg.betas) == (0.9, 0.95) and cfg.grad_clip == 1.0
+    assert tuple(cfg.train_splits) == ("train", "val") and tuple(cfg.eval_splits) == ("test",)
+
+
+def test_train_probe_fits_fixed_features_deterministically(one_thread):
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16))
+    y = np.repeat(np.arange(4), 25)
+    x = torch.nn.functional.normalize(torch.tensor(centres[y] + 0.3 * rng.normal(size=(100, 16)), dtype=torch.float32),
+                                      dim=-1)
+    cfg = ProbeConfig(lr=0.05, batch_size=32, epochs=30, warmup_steps=5)
+    logs = []
+    heads = [train_probe(x, y.tolist(), 4, cfg, seed=3, log=logs.append) for _ in range(2)]
+    assert torch.equal(heads[0].weight, heads[1].weight)
+    assert "120 steps on 100 images" in logs[0]  # 30 epochs x ceil(100 / 32)
+    pred = heads[0](x).argmax(1).numpy()
+    assert accuracy(pred, y, 4)["top1"] > 0.95
+
+
+def test_linear_probe_evaluation_of_a_cell(tiny_clip_dir, shape_images, tmp_path, one_thread):
+    images, labels = shape_images
+    keep = np.flatnonzero(labels < 4)
+    rows = []
+    for n, i in enumerate(keep):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(images[i]).save(path)
+        rows.append({"key": f"k{i}", "label": int(labels[i]), "path": str(path), "split": ("train", "val", "test")[n % 3]})
+    table = pd.DataFrame(rows)
+    tables = {s: table[table["split"] == s].drop(columns="split").reset_index(drop=True) for s in ("train", "val", "test")}
+    task = {"classnames": CLASSES[:4], "templates": ["a {c}."]}
+    clip_cfg = {"model": f"local-dir:{tiny_clip_dir}", "pretrained": None, "cache_dir": None, "precision": "fp32"}
+    evaluate_cfg = {"batch_size": 64, "splits": ["test"], "linear_probe": {"epochs": 40, "batch_size": 16, "warmup_steps": 5}}
+    cell = {"task": "t", "source": "zeroshot", "scale": 0, "seed": 0}
+    record, _ = run_cell(task, cell, clip_cfg, {"test": tables["test"]}, evaluate_cfg, log=lambda m: None,
+                         probe_tables=tables)
+    probe = record["evaluation"]["linear_probe"]
+    assert set(probe) == {"test"} and probe["test"]["n"] == len(tables["test"])
+    assert record["lp_top1"] == probe["test"]["top1"] and 0 <= record["lp_top1"] <= 1
+    assert record["lp_mean_per_class"] == probe["test"]["mean_per_class"]
+    # the same probe by hand: features of the untouched tower, a head trained with the cell's seed
+    from synret.finetune import extract_features
+
+    clip = load_clip(f"local-dir:{tiny_clip_dir}")
+    train = pd.concat([tables["train"], tables["val"]], ignore_index=True)
+    feats = extract_features(clip.model.visual, list(train["path"]), clip.preprocess_val, 64, "cpu", "fp32")
+    head = train_probe(feats, list(train["label"]), 4, ProbeConfig(epochs=40, batch_size=16, warmup_steps=5), 0,
+                       log=lambda m: None)
+    test = extract_features(clip.model.visual, list(tables["test"]["path"]), clip.preprocess_val, 64, "cpu", "fp32")
+    expected = accuracy(head(test).argmax(1).numpy(), tables["test"]["label"].to_numpy(), 4)
+    assert probe["test"] == pytest.approx(expected)
+    # without the option the record is as before
+    plain, _ = run_cell(task, cell, clip_cfg, {"test": tables["test"]}, {"batch_size": 64, "splits": ["test"]},
+                        log=lambda m: None)
+    assert "lp_top1" not in plain and "linear_probe" not in plain["evaluation"]
+    assert plain["top1"] == record["top1"]
+    with pytest.raises(ValueError, match="evaluate.linear_probe.train_splits"):
+        empty = {**tables, "train": tables["train"].iloc[:0], "val": tables["val"].iloc[:0]}
+        run_cell(task, cell, clip_cfg, {"test": tables["test"]}, evaluate_cfg, log=lambda m: None, probe_tables=empty)

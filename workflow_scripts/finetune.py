@@ -18,7 +18,12 @@ def main(smk, log):
     else:
         cell = {"task": wc.task, "source": wc.source, "scale": int(wc.scale), "seed": int(wc.seed)}
         curated, finetune = pq.read_table(smk.input.curated).to_pandas(), smk.params.finetune
-    record, subset = run_cell(task, cell, smk.params.clip, splits, smk.params.evaluate, curated, finetune, log)
+    probe_tables = None
+    if smk.params.evaluate.get("linear_probe") is not None:  # the task's own splits, for the probe
+        probe_tables = {s: pq.read_table(getattr(smk.input, "probe_train" if s == "train" else s)).to_pandas()
+                        for s in ("train", "val", "test")}
+    record, subset = run_cell(task, cell, smk.params.clip, splits, smk.params.evaluate, curated, finetune, log,
+                              probe_tables)
     if subset is not None:
         pq.write_table(pa.Table.from_pandas(subset, preserve_index=False), smk.output.train_manifest)
     write_json(smk.output.metrics, record)

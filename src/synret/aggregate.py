@@ -13,6 +13,7 @@ TABLE_COLUMNS = [
     "task", "source", "scale", "seed", "top1", "mean_per_class", "n_train", "wall_seconds",
     "val_top1", "val_mean_per_class", "steps",
 ]
+PROBE_COLUMNS = ["lp_top1", "lp_mean_per_class"]  # present when some cell ran the linear-probe evaluation
 SOURCE_STYLE = {
     "retrieved": {"color": "#1f77b4", "marker": "o", "label": "retrieved (real)"},
     "synthetic": {"color": "#d62728", "marker": "s", "label": "synthetic (generated)"},
@@ -21,14 +22,15 @@ SOURCE_STYLE = {
 
 def collect(metric_files: Sequence[str | Path], expected_rows: int | None = None) -> pd.DataFrame:
     """Read every cell's metrics.json into the results table (checked, sorted)."""
-    rows = []
+    metrics = []
     for path in metric_files:
         m = json.loads(Path(path).read_text())
         missing = [c for c in ("task", "source", "scale", "seed", "top1", "mean_per_class") if m.get(c) is None]
         if missing:
             raise ValueError(f"{path}: no value for {', '.join(missing)}")
-        rows.append({c: m.get(c) for c in TABLE_COLUMNS})
-    df = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+        metrics.append(m)
+    columns = TABLE_COLUMNS + [c for c in PROBE_COLUMNS if any(m.get(c) is not None for m in metrics)]
+    df = pd.DataFrame([{c: m.get(c) for c in columns} for m in metrics], columns=columns)
     if expected_rows is not None and len(df) != expected_rows:
         raise ValueError(f"expected {expected_rows} result rows, found {len(df)}")
     for column in ("top1", "mean_per_class"):

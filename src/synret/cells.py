@@ -6,10 +6,20 @@ import time
 from typing import Callable
 
 import pandas as pd
+import torch
 
 from .clip import load_clip
 from .curate import nested_subset
-from .finetune import FinetuneConfig, build_classifier, evaluate, train_classifier
+from .finetune import (
+    FinetuneConfig,
+    ProbeConfig,
+    accuracy,
+    build_classifier,
+    evaluate,
+    extract_features,
+    train_classifier,
+    train_probe,
+)
 from .shards import load_images
 from .synthesize import pick_device
 
@@ -32,6 +42,28 @@ def evaluate_splits(model, task: dict, splits: dict[str, pd.DataFrame], transfor
     }
 
 
+def linear_probe_splits(model, task: dict, tables: dict[str, pd.DataFrame], transform, settings: dict,
+                        batch_size: int, device: str, precision: str, seed: int, log: Callable[[str], None]) -> dict:
+    """The linear-probe evaluation of the model's image tower: ``{split: {top1, mean_per_class, n}}``."""
+    cfg = ProbeConfig(**settings)
+    n_classes = len(task["classnames"])
+    train = pd.concat([tables[s] for s in cfg.train_splits], ignore_index=True)
+    if not len(train):
+        raise ValueError(f"linear probe: no training images in splits {list(cfg.train_splits)} "
+                         "(config key 'evaluate.linear_probe.train_splits')")
+
+    def features(table: pd.DataFrame):
+        return extract_features(model.visual, list(table["path"]), transform, batch_size, device, precision)
+
+    head = train_probe(features(train), list(train["label"]), n_classes, cfg, seed, log, device)
+    results = {}
+    with torch.no_grad():
+        for split in cfg.eval_splits:
+            pred = head(features(tables[split])).argmax(dim=1).numpy()
+            results[split] = accuracy(pred, tables[split]["label"].to_numpy(), n_classes)
+    return results
+
+
 def _record(cell: dict, results: dict, extra: dict) -> dict:
     test = results.get("test", {})
     val = results.get("val", {})
@@ -49,10 +81,14 @@ def _record(cell: dict, results: dict, extra: dict) -> dict:
 def run_cell(
     task: dict, cell: dict, clip_cfg: dict, eval_splits: dict[str, pd.DataFrame], evaluate_cfg: dict,
     curated: pd.DataFrame | None = None, finetune_cfg: dict | None = None, log: Callable[[str], None] = print,
+    probe_tables: dict[str, pd.DataFrame] | None = None,
 ) -> tuple[dict, pd.DataFrame | None]:
     """Finetune on the cell's nested subset (or not at all for zero-shot) and evaluate.
 
-    Returns the cell's metrics record and the manifest of the images it trained on.
+    With ``evaluate_cfg['linear_probe']`` set, a linear probe on the task's own splits
+    (``probe_tables``: train/val/test manifests) also measures the image tower; its test accuracy
+    becomes ``lp_top1`` / ``lp_mean_per_class``. Returns the cell's metrics record and the manifest
+    of the images it trained on.
     """
     start = time.time()
     device = pick_device()
@@ -72,5 +108,11 @@ def run_cell(
         extra.update(n_train=len(subset), **stats)
     results = evaluate_splits(model, task, eval_splits, clip.preprocess_val, evaluate_cfg, device, precision)
     log(f"evaluation: {results}")
+    if evaluate_cfg.get("linear_probe") is not None:
+        probe = linear_probe_splits(model, task, probe_tables, clip.preprocess_val, evaluate_cfg["linear_probe"],
+                                    evaluate_cfg["batch_size"], device, precision, cell["seed"], log)
+        log(f"linear probe: {probe}")
+        results["linear_probe"] = probe
+        extra.update(lp_top1=probe.get("test", {}).get("top1"), lp_mean_per_class=probe.get("test", {}).get("mean_per_class"))
     extra["wall_seconds"] = round(time.time() - start, 2)
     return _record(cell, results, extra), subset

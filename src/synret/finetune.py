@@ -3,7 +3,12 @@
 The classifier is the CLIP image encoder followed by a linear head initialised from the zero-shot
 text classifier (class embeddings from the task's templates, scaled by CLIP's logit scale), applied
 to L2-normalised image features, as in the paper's code (WiSE-FT's ``ClassificationHead``). The
-whole network is trained with cross-entropy, AdamW and a linear-warmup-then-cosine learning rate.
+whole network is trained with cross-entropy, AdamW and a linear-warmup-then-cosine learning rate
+(``mode: full``), or only the head on the frozen tower (``mode: linear_probe``).
+
+The linear-probe evaluation measures the image features themselves, as the reference code's LP
+evaluation does: a fresh linear head is trained on fixed features of the benchmark's own training
+images (train and val) and evaluated on its test split.
 """
 
 from __future__ import annotations
@@ -36,6 +41,29 @@ class FinetuneConfig:
     num_workers: int
     augment: str  # "open_clip": the model's train transform; "none": the eval transform
     seed: int = 0
+    mode: str = "full"  # "full": image tower and head; "linear_probe": the head alone, on a frozen tower
+
+    def __post_init__(self):
+        if self.mode not in FINETUNE_MODES:
+            raise ValueError(f"config key 'finetune.mode': {self.mode!r} is not one of {FINETUNE_MODES}")
+
+
+FINETUNE_MODES = ("full", "linear_probe")
+
+
+@dataclass
+class ProbeConfig:
+    """The linear-probe evaluation (``evaluate.linear_probe``); defaults are the reference code's."""
+
+    lr: float = 1e-2
+    batch_size: int = 256
+    epochs: int = 200
+    weight_decay: float = 0.1
+    warmup_steps: int = 200
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = 1.0
+    train_splits: tuple[str, ...] = ("train", "val")  # the reference's LP-train: train (+ val where one exists)
+    eval_splits: tuple[str, ...] = ("test",)
 
 
 class ImageClassifier(nn.Module):
@@ -80,15 +108,21 @@ def train_classifier(
                         shuffle=True, generator=generator, num_workers=cfg.num_workers, drop_last=False)
     total = cfg.epochs * len(loader)
 
+    # what trains: everything, or only the head on a frozen image tower
+    probe = cfg.mode == "linear_probe"
+    model.visual.requires_grad_(not probe)
+    params = [p for p in model.parameters() if p.requires_grad]
     # optimiser: no weight decay on gains, biases and embeddings (1-d parameters)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     # loop: lr, forward/backward, clip, step, one log line per epoch
     model.train()
+    if probe:
+        model.visual.eval()  # a frozen tower: no dropout, no statistics updates
     step, start, losses = 0, time.time(), []
     for epoch in range(cfg.epochs):
         for x, y in loader:
@@ -99,7 +133,7 @@ def train_classifier(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             losses.append(loss.item())
             step += 1
@@ -124,7 +158,61 @@ def evaluate(
         with autocast(device, precision):
             preds.append(model(x.to(device)).argmax(dim=1).cpu())
     pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=int)
-    true = np.asarray(labels)
+    return accuracy(pred, np.asarray(labels), n_classes)
+
+
+@torch.no_grad()
+def extract_features(
+    visual: nn.Module, paths: Sequence[str], transform: Callable, batch_size: int, device: str, precision: str,
+) -> torch.Tensor:
+    """L2-normalised image features of the files, float32 on CPU (what the classifier's head sees)."""
+    visual.eval()
+    loader = DataLoader(ImageDataset(list(paths), transform), batch_size=batch_size)
+    feats = []
+    for x in loader:
+        with autocast(device, precision):
+            feats.append(F.normalize(visual(x.to(device)).float(), dim=-1).cpu())
+    return torch.cat(feats) if feats else torch.zeros(0, 0)
+
+
+def train_probe(features: torch.Tensor, labels: Sequence[int], n_classes: int, cfg: ProbeConfig, seed: int,
+                log: Callable[[str], None] = print, device: str = "cpu") -> nn.Linear:
+    """A fresh linear head (torch's default init, zero bias) trained on fixed features with
+    cross-entropy, AdamW, linear warmup then cosine and gradient clipping, as the reference's probe.
+    Trains on ``device``; returns the head on CPU."""
+    torch.manual_seed(seed)
+    head = nn.Linear(features.shape[1], n_classes)
+    with torch.no_grad():
+        head.bias.zero_()
+    head.to(device)
+    features = features.to(device)
+    y = torch.as_tensor(list(labels), dtype=torch.long, device=device)
+    generator = torch.Generator().manual_seed(seed)
+    per_epoch = max(1, math.ceil(len(y) / cfg.batch_size))
+    total = cfg.epochs * per_epoch
+    opt = torch.optim.AdamW([{"params": [head.weight], "weight_decay": cfg.weight_decay},
+                             {"params": [head.bias], "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas))
+    step, losses = 0, []
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(y), generator=generator).to(device)
+        for b in range(0, len(y), cfg.batch_size):
+            idx = order[b : b + cfg.batch_size]
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps, total)
+            loss = F.cross_entropy(head(features[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+    log(f"linear probe: {step} steps on {len(y)} images, final loss {np.mean(losses[-per_epoch:]):.4f}")
+    return head.cpu()
+
+
+def accuracy(pred: np.ndarray, true: np.ndarray, n_classes: int) -> dict:
+    """Top-1 and mean per-class accuracy of predictions."""
     correct = pred == true
     per_class = [correct[true == c].mean() for c in range(n_classes) if (true == c).any()]
     return {"top1": float(correct.mean()) if len(true) else float("nan"),
