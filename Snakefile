@@ -26,6 +26,7 @@ configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 include: "rules/common.smk"
+include: "rules/resources.smk"
 include: "rules/world.smk"
 include: "rules/preflight.smk"
 include: "rules/tasks.smk"

@@ -23,6 +23,8 @@ rule curate:
     threads: 2
     resources:
         gpu=1,
+        mem_mb=sized("mem_mb", "curate"),
+        runtime=sized("runtime", "curate"),
     conda:
         "../envs/synret.yaml"
     script:

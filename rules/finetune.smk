@@ -28,6 +28,8 @@ rule finetune:
     threads: 1
     resources:
         gpu=1,
+        mem_mb=sized("mem_mb", "finetune"),
+        runtime=sized("runtime", "finetune"),
     conda:
         "../envs/synret.yaml"
     script:
@@ -55,6 +57,8 @@ rule zeroshot:
     threads: 1
     resources:
         gpu=1,
+        mem_mb=sized("mem_mb", "zeroshot"),
+        runtime=sized("runtime", "zeroshot"),
     conda:
         "../envs/synret.yaml"
     script:

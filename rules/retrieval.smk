@@ -20,6 +20,9 @@ rule knn_query:
         model=knn_model(),
         columns=canonical(config["pool"]["columns"]),
     threads: 2
+    resources:
+        mem_mb=sized("mem_mb", "knn_query"),
+        runtime=sized("runtime", "knn_query"),
     conda:
         "../envs/synret.yaml"
     script:
@@ -36,6 +39,9 @@ rule substring_scan:
         "logs/retrieval/{task}/substring-{part}.log",
     params:
         columns=canonical(config["pool"]["columns"]),
+    resources:
+        mem_mb=sized("mem_mb", "substring_scan"),
+        runtime=sized("runtime", "substring_scan"),
     conda:
         "../envs/synret.yaml"
     script:
@@ -75,6 +81,9 @@ rule fetch_retrieved:
         download=retrieval_setting("download"),
         serve=serve_settings(config),
     threads: 2
+    resources:
+        mem_mb=sized("mem_mb", "fetch_retrieved"),
+        runtime=sized("runtime", "fetch_retrieved"),
     conda:
         "../envs/synret.yaml"
     script:

@@ -19,6 +19,8 @@ rule synthesize_shard:
     threads: 2
     resources:
         gpu=1,
+        mem_mb=sized("mem_mb", "synthesize_shard"),
+        runtime=sized("runtime", "synthesize_shard"),
     priority: 5
     conda:
         "../envs/synret.yaml"

@@ -19,6 +19,9 @@ if WORLD:
         params:
             world=canonical({k: WORLD[k] for k in ("seed", "image_size", "base_url", "pool", "pool_style", "benchmark_style", "datasets")}),
         threads: 2
+        resources:
+            mem_mb=sized("mem_mb", "world"),
+            runtime=sized("runtime", "world"),
         conda:
             "../envs/synret.yaml"
         script:
@@ -37,6 +40,9 @@ if WORLD:
         params:
             train=canonical({**WORLD["clip"], "seed": WORLD["seed"]}),
         threads: 8  # on a small machine it takes every core: other jobs would only slow this critical one
+        resources:
+            mem_mb=sized("mem_mb", "world"),
+            runtime=sized("runtime", "world"),
         priority: 10
         conda:
             "../envs/synret.yaml"
@@ -57,6 +63,9 @@ if WORLD:
         params:
             train=canonical({**WORLD["generator"], "seed": WORLD["seed"]}),
         threads: 8
+        resources:
+            mem_mb=sized("mem_mb", "world"),
+            runtime=sized("runtime", "world"),
         priority: 10
         conda:
             "../envs/synret.yaml"
@@ -78,6 +87,9 @@ if WORLD:
             factory=WORLD["index"]["factory"],
             columns=canonical(config["pool"]["columns"]),
         threads: 4
+        resources:
+            mem_mb=sized("mem_mb", "world"),
+            runtime=sized("runtime", "world"),
         conda:
             "../envs/synret.yaml"
         script:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import ConfigError
+from .resources import assign_local_gpus
 
 EXPECTED_ERRORS = (ConfigError, FileNotFoundError, KeyError, ValueError, RuntimeError, OSError)
 
@@ -78,6 +79,8 @@ def run_job(smk: Any, main: Callable[[Any, Callable[[str], None]], None], uses_t
 
     if uses_torch:
         configure_threads(smk.threads, smk.resources.get("_cores"))
+    # a local GPU job gets GPUs of its own (CUDA_VISIBLE_DEVICES); the locks are held until the job ends
+    gpus = assign_local_gpus(smk.resources, log=log)  # noqa: F841
     try:
         main(smk, log)
     except EXPECTED_ERRORS as e:
