@@ -26,7 +26,7 @@ rule retrieval_queries:
     log:
         "logs/prompts/{task}.queries.log",
     params:
-        rewrite=lambda wildcards: retrieval_setting("substring")(wildcards).get("rewrite", "none"),
+        substring=lambda wc: {k: v for k, v in retrieval_setting("substring")(wc).items() if k != "enabled"},
     conda:
         "../envs/synret.yaml"
     script:

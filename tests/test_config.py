@@ -256,6 +256,10 @@ def test_substring_rewrite_is_checked(config):
     config["task_settings"]["shapes"]["retrieval"] = {"substring": {"rewrite": "all_words"}}
     message = _problems(config)
     assert "config key 'task_settings.shapes.retrieval.substring.rewrite'" in message
+    config["task_settings"]["shapes"]["retrieval"] = {"substring": {"templates": ["{c} texture", "texture"]}}
+    assert "config key 'task_settings.shapes.retrieval.substring.templates.1'" in _problems(config)
+    config["task_settings"]["shapes"]["retrieval"] = {"substring": {"rewrite": "all_tokens", "templates": ["{c} car"]}}
+    check_config(config, SCHEMA)
 
 
 def test_prompts_llm_block_is_validated(config):

@@ -9,7 +9,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from synret.prompts import fill_prompt, generator_prompts, retrieval_queries, rewrite_alternatives
+from synret.prompts import (
+    fill_prompt,
+    generator_prompts,
+    retrieval_queries,
+    rewrite_alternatives,
+    template_alternatives,
+)
 
 CLASSES = ["red star", "blue circle", "apple", "green square", "octagon"]
 
@@ -234,3 +240,28 @@ def test_rewrite_all_tokens_matches_words_in_any_order():
 def test_unknown_rewrite_names_the_config_key():
     with pytest.raises(ValueError, match=r"'retrieval\.substring\.rewrite'.*all_tokens"):
         retrieval_queries(_task(), "every_token")
+
+
+def test_substring_templates_make_the_reference_dtd_queries():
+    from synret.substring import TermMatcher
+
+    templates = ["{c} texture", "{c} pattern", "{c} thing", "{c} object"]
+    task = {"classnames": ["banded", "zigzagged"], "retrieval_templates": [],
+            "queries": {"banded": [["banded"]], "zigzagged": [["zigzagged"], ["zig-zag"]]}}
+    rows = retrieval_queries(task, templates=templates).to_pylist()
+    assert [r["terms"] for r in rows if r["label"] == 0] == [[f"banded {w}"] for w in ("texture", "pattern", "thing",
+                                                                                      "object")]
+    assert len([r for r in rows if r["label"] == 1]) == 8
+    matcher = TermMatcher((r["label"], r["query"], r["terms"]) for r in rows)
+    assert [a.label for a in matcher.match("A BANDED pattern on a silk scarf")] == [0]
+    assert matcher.match("a banded mongoose") == []
+    assert [a.label for a in matcher.match("zig zag object")] == [1]
+
+
+def test_substring_templates_then_rewrite():
+    alternatives = template_alternatives([["rose", "flower"], ["rose"]], ["{c}", "{c}"])
+    assert alternatives == [["rose", "flower"], ["rose"]]  # repeated templates add nothing
+    task = {"classnames": ["St. Bernard"], "retrieval_templates": [], "queries": {"St. Bernard": [["St. Bernard"]]}}
+    rows = retrieval_queries(task, "all_tokens", ["{c} dog"]).to_pylist()
+    assert [r["terms"] for r in rows] == [["St.", "Bernard", "dog"]]
+    assert retrieval_queries(task, "none", None).equals(retrieval_queries(task))

@@ -8,7 +8,8 @@ from synret.workflow import run_job
 
 
 def main(smk, log):
-    table = retrieval_queries(read_task(smk.input.task), smk.params.rewrite)
+    substring = smk.params.substring
+    table = retrieval_queries(read_task(smk.input.task), substring.get("rewrite", "none"), substring.get("templates"))
     pq.write_table(table, smk.output[0])
     log(f"{table.num_rows} queries")
 

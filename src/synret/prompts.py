@@ -85,16 +85,32 @@ def rewrite_alternatives(alternatives: list[list[str]], rewrite: str = "none") -
     return out
 
 
-def retrieval_queries(task: dict, rewrite: str = "none") -> pa.Table:
+def template_alternatives(alternatives: list[list[str]], templates: list[str] | None) -> list[list[str]]:
+    """One alternative per (alternative, template), each term ``t`` becoming the template filled with
+    ``t``: the reference's DTD queries, ``"{c} texture" OR "{c} pattern" OR ...``. None: unchanged."""
+    if not templates:
+        return [list(terms) for terms in alternatives]
+    out = []
+    for terms in alternatives:
+        for template in templates:
+            alternative = [fill_template(template, t) for t in terms]
+            if alternative not in out:
+                out.append(alternative)
+    return out
+
+
+def retrieval_queries(task: dict, rewrite: str = "none", templates: list[str] | None = None) -> pa.Table:
     """kNN text queries (templates x classes) and substring queries (alternatives of terms) of a task.
 
-    ``rewrite`` reshapes every class's substring alternatives (see :func:`rewrite_alternatives`).
+    The substring alternatives of every class are first multiplied by ``templates`` (see
+    :func:`template_alternatives`), then reshaped by ``rewrite`` (see :func:`rewrite_alternatives`).
     """
     rows = []
     for label, name in enumerate(task["classnames"]):
         for template in task["retrieval_templates"]:
             rows.append((label, "knn", fill_template(template, name), None))
-        for terms in rewrite_alternatives(task["queries"][name], rewrite):  # every term of one must occur
+        alternatives = template_alternatives(task["queries"][name], templates)
+        for terms in rewrite_alternatives(alternatives, rewrite):  # every term of one must occur
             rows.append((label, "substring", " AND ".join(terms), list(terms)))
     labels, kinds, queries, terms = zip(*rows) if rows else ((), (), (), ())
     return pa.table(
