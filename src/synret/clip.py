@@ -52,7 +52,9 @@ def load_clip(
     """Create an open_clip model with its weights, transforms and tokenizer.
 
     ``pretrained`` is only used with built-in architecture names (a tag or a weights file); hub and
-    local-dir names carry their own weights.
+    local-dir names carry their own weights. open_clip fetches a tag's weights from its hub repo into
+    ``cache_dir`` (else the Hugging Face cache), preferring ``open_clip_model.safetensors`` to the
+    pickled ``.bin``. Weights stay fp32 (``precision``) and GPU jobs run under bf16 autocast.
     """
     import open_clip
 

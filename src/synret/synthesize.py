@@ -45,7 +45,13 @@ def make_scheduler(name: str, config: dict):
 
 
 def load_pipeline(model: str, scheduler: str, dtype: str = "auto", device: str | None = None, cache_dir: str | None = None):
-    """Load a Stable-Diffusion pipeline by hub id or local directory, without the safety checker."""
+    """Load a Stable-Diffusion pipeline by hub id or local directory, without the safety checker.
+
+    Hub ids resolve through the Hugging Face cache (``cache_dir``, else ``$HF_HOME``; with
+    ``HF_HUB_OFFLINE=1`` only the cache). diffusers takes the safetensors weights wherever the repo or
+    folder has them. ``dtype`` ``auto`` is fp16 on a GPU (the reference samples under fp16 autocast),
+    fp32 on CPU.
+    """
     from diffusers import StableDiffusionPipeline
 
     from .config import HUB_ID
