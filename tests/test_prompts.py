@@ -265,3 +265,34 @@ def test_substring_templates_then_rewrite():
     rows = retrieval_queries(task, "all_tokens", ["{c} dog"]).to_pylist()
     assert [r["terms"] for r in rows] == [["St.", "Bernard", "dog"]]
     assert retrieval_queries(task, "none", None).equals(retrieval_queries(task))
+
+
+def test_paper_config_makes_the_reference_substring_queries():
+    from pathlib import Path
+
+    import yaml
+
+    from synret.config import deep_merge, stage_settings, task_definition
+
+    root = Path(__file__).resolve().parents[1]
+    config = deep_merge(yaml.safe_load((root / "config.yaml").read_text()),
+                        yaml.safe_load((root / "configs" / "paper.yaml").read_text()))
+
+    def substring_rows(task, classnames):
+        settings = stage_settings(config, "retrieval", task)["substring"]
+        queries = {c: task_definition(config, task)["queries"].get(c, [[c]]) for c in classnames}
+        table = retrieval_queries({"classnames": classnames, "retrieval_templates": [], "queries": queries},
+                                  settings.get("rewrite", "none"), settings.get("templates"))
+        return [r["query"] for r in table.to_pylist()]
+
+    assert substring_rows("stanford_cars", ["AM General Hummer SUV 2000"]) == [
+        "AM AND General AND Hummer AND SUV AND 2000"]
+    assert substring_rows("dtd", ["banded"]) == ["banded texture", "banded pattern", "banded thing", "banded object"]
+    assert substring_rows("flowers102", ["rose", "colt's foot", "daffodil"]) == [
+        "rose AND flower", "colt's foot", "coltsfoot", "daffodil"]
+    assert substring_rows("fgvc_aircraft", ["737-800"]) == ["737-800"]
+    # captions: the reference's class suffixes and DTD's texture prompts
+    assert stage_settings(config, "prompts", "stanford_cars")["llm"]["class_template"] == "{c} car"
+    assert stage_settings(config, "prompts", "fgvc_aircraft")["llm"]["class_template"] == "{c} aircraft"
+    weights = stage_settings(config, "prompts", "dtd")["llm"]["weights"]
+    assert {k for k, w in weights.items() if w > 0} == {"texture"}
