@@ -21,6 +21,7 @@ import yaml
 from synret.knn import write_index_folder
 from synret.preflight import (
     PreflightError,
+    check_causal_lm,
     check_diffusers,
     check_open_clip,
     preflight_problems,
@@ -254,3 +255,35 @@ def test_knn_service_that_does_not_answer(complete, tmp_path):
     (problem,) = preflight_problems(spec)
     assert problem.key == "pool.knn_service.url" and "no kNN service answers" in problem.what
     assert "clip-retrieval back" in problem.how
+
+
+def test_captioning_llm_in_the_cache_or_a_folder(tmp_path):
+    repo = "meta-llama/Llama-2-7b-hf"
+    cache = hub_cache(tmp_path / "hf", repo, ["config.json", "model.safetensors.index.json"])  # sharded weights
+    assert check_causal_lm("prompts.llm.model", repo, str(cache)) == []
+    (problem,) = check_causal_lm("prompts.llm.model", repo, str(tmp_path / "empty"))
+    assert problem.key == "prompts.llm.model" and "HF_HUB_OFFLINE" in problem.what
+    folder = tmp_path / "llm"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (problem,) = check_causal_lm("prompts.llm.model", str(folder), None)
+    assert "lacks config.json or weights" in problem.what
+    (folder / "model.safetensors").write_bytes(b"")
+    assert check_causal_lm("prompts.llm.model", str(folder), None) == []
+
+
+def test_llm_is_part_of_the_spec_only_when_configured(tmp_path):
+    import copy
+
+    from synret.config import deep_merge
+    from synret.preflight import preflight_spec
+
+    config = deep_merge(yaml.safe_load((ROOT / "config.yaml").read_text()),
+                        yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text()))
+    llm = (config["prompts"].get("llm") or {}).get("model")
+    assert [m["model"] for m in preflight_spec(config)["llms"]] == ([llm] if llm else [])
+    without = copy.deepcopy(config)
+    without["prompts"]["llm"] = None
+    for task in without["task_settings"].values():
+        task.get("prompts", {}).pop("llm", None)
+    assert preflight_spec(without)["llms"] == []

@@ -154,6 +154,23 @@ def check_diffusers(key: str, model: str, cache_dir: str | None, endpoint: str |
     return check_hub_files(key, model, groups, cache_dir, endpoint, "generator")
 
 
+TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                        "pytorch_model.bin.index.json")
+
+
+def check_causal_lm(key: str, model: str, cache_dir: str | None, endpoint: str | None = None) -> list[Problem]:
+    """A transformers model (the captioning LLM): a local folder or a hub id, with its config and weights."""
+    if Path(model).is_dir():
+        folder = Path(model)
+        if not (folder / "config.json").is_file() or not any((folder / w).is_file() for w in TRANSFORMERS_WEIGHTS):
+            return [Problem(key, f"LLM directory {model!r} lacks config.json or weights",
+                            "a folder written by save_pretrained, or `hf download <id> --local-dir <dir>`")]
+        return []
+    if not HUB_ID.match(model):
+        return [Problem(key, f"LLM {model!r} is neither a directory nor a hub id", "a transformers hub id or folder")]
+    return check_hub_files(key, model, [("config.json",), TRANSFORMERS_WEIGHTS], cache_dir, endpoint, "LLM")
+
+
 # ---------------------------------------------------------------- data
 
 
@@ -245,6 +262,8 @@ def preflight_problems(spec: dict[str, Any], endpoint: str | None = None) -> lis
     if spec.get("generator"):
         gen = spec["generator"]
         problems += check_diffusers("generator.model", gen["model"], gen.get("cache_dir"), endpoint)
+    for llm in spec.get("llms", []):
+        problems += check_causal_lm("prompts.llm.model", llm["model"], llm.get("cache_dir"), endpoint)
     for task, dataset in sorted(spec["datasets"].items()):
         problems += check_dataset(task, dataset)
     if spec.get("pool"):
@@ -261,6 +280,9 @@ def preflight_spec(config: dict) -> dict:
     }
     if "synthetic" in config["sources"]:
         spec["generator"] = {k: config["generator"].get(k) for k in ("model", "cache_dir")}
+        llms = [stage_settings(config, "prompts", t).get("llm") or {} for t in tasks]  # captioning LLMs, if any
+        spec["llms"] = sorted({(m["model"], m.get("cache_dir")) for m in llms if m.get("model")}, key=str)
+        spec["llms"] = [{"model": m, "cache_dir": c} for m, c in spec["llms"]]
     if "retrieved" in config["sources"]:
         retrieval = [stage_settings(config, "retrieval", t) for t in tasks]
         modalities = sorted({m for r in retrieval if r["knn"]["enabled"] for m in r["knn"]["modalities"]})
@@ -285,5 +307,5 @@ def run_preflight(spec: dict, endpoint: str | None = None) -> dict:
     problems = preflight_problems(spec, endpoint)
     if problems:
         raise PreflightError(report(problems))
-    return {"checked": sorted(k for k in ("clip", "knn_model", "generator", "pool") if spec.get(k))
+    return {"checked": sorted(k for k in ("clip", "knn_model", "generator", "llms", "pool") if spec.get(k))
             + [f"dataset:{t}" for t in sorted(spec["datasets"])], "hub_offline": hub_offline()}
