@@ -75,6 +75,8 @@ def hub_status(repo_id: str, filename: str, endpoint: str | None = None) -> str 
         return f"the hub has no repo {repo_id!r} (or it is private: `hf auth login`)"
     except EntryNotFoundError:
         return f"the hub repo {repo_id!r} has no file {filename!r}"
+    except (TypeError, AttributeError):  # a bug here, not an answer from the hub
+        raise
     except Exception as e:  # connection refused, DNS, timeouts, proxies: all mean "cannot reach it"
         return f"the hub at {endpoint or 'huggingface.co'} could not be reached ({type(e).__name__})"
     return None
