@@ -329,3 +329,51 @@ def test_task_json_round_trips(tmp_path):
     make_dtd(tmp_path / "data")
     task = build_task("dtd", _definition({"format": "dtd", "root": str(tmp_path / "data")}), tmp_path / "task")
     assert read_task(tmp_path / "task" / "task.json") == task
+
+
+# ---------------------------------------------------------------- a webdataset copy (e.g. clip-benchmark/wds_cars)
+
+
+def make_wds(root: Path, n: dict[str, int]) -> None:
+    """CLIP-benchmark's layout, written with webdataset's own TarWriter: classnames.txt + {split}/*.tar."""
+    import io
+
+    import webdataset as wds
+
+    root.mkdir(parents=True)
+    (root / "classnames.txt").write_text("\n".join(CAR_CLASSES) + "\n")
+    for split, count in n.items():
+        (root / split).mkdir()
+        for shard in range(2):
+            with wds.TarWriter(str(root / split / f"{shard}.tar")) as sink:
+                for i in range(shard, count, 2):
+                    buf = io.BytesIO()
+                    Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(buf, format="WEBP")
+                    sink.write({"__key__": f"s{i:07d}", "webp": buf.getvalue(), "cls": str(i % 3).encode()})
+
+
+def test_webdataset_copy_unpacks_into_an_imagefolder_with_val_carved_from_train(tmp_path):
+    from synret.tasks import wds_to_imagefolder
+
+    make_wds(tmp_path / "wds", {"train": 10, "test": 6})
+    counts = wds_to_imagefolder(tmp_path / "wds", tmp_path / "cars", ("train", "val", "test"))
+    assert counts == {"train": 10, "test": 6}  # no val shards: skipped
+    dataset = {"format": "imagefolder", "root": str(tmp_path / "cars"), "splits": {"train": "train", "test": "test"},
+               "val_from_train": {"size": 0.2, "seed": 42}}
+    task = build_task("cars", _definition(dataset), tmp_path / "task")
+    assert task["classnames"] == CAR_CLASSES  # from classnames.txt, '/' kept in the name
+    assert task["split_sizes"] == {"train": 8, "val": 2, "test": 6}
+    test = pq.read_table(tmp_path / "task" / "test.parquet").to_pylist()
+    assert sorted((Path(r["path"]).name, r["label"]) for r in test) == [(f"s{i:07d}.webp", i % 3) for i in range(6)]
+    assert (tmp_path / "cars" / "test" / "Ram_C_V_Cargo_Van_Minivan_2012").is_dir()
+
+
+def test_webdataset_converter_errors_name_the_problem(tmp_path):
+    from synret.tasks import wds_to_imagefolder
+
+    with pytest.raises(TaskDataError, match="no readable classnames.txt"):
+        wds_to_imagefolder(tmp_path / "absent", tmp_path / "out")
+    make_wds(tmp_path / "wds", {"test": 2})
+    (tmp_path / "wds" / "classnames.txt").write_text("only one class\n")
+    with pytest.raises(TaskDataError, match="label 1, beyond classnames.txt"):
+        wds_to_imagefolder(tmp_path / "wds", tmp_path / "out")

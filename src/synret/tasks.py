@@ -92,7 +92,9 @@ DOWNLOAD_HINTS = {
                   "into {root}/flowers-102/",
     "stanford_cars": "torchvision cannot download it any more (pytorch/vision#7545): put a copy of the original "
                      "release in torchvision's layout, {root}/stanford_cars/{cars_train, cars_test, "
-                     "cars_test_annos_withlabels.mat, devkit/cars_meta.mat, devkit/cars_train_annos.mat}",
+                     "cars_test_annos_withlabels.mat, devkit/cars_meta.mat, devkit/cars_train_annos.mat}; or unpack a "
+                     "webdataset copy (clip-benchmark/wds_cars) with `python -m synret.tasks wds-to-imagefolder` "
+                     "and use format imagefolder",
     "imagenet": "ILSVRC-2012 from https://image-net.org/download-images (or the gated hub dataset "
                 "ILSVRC/imagenet-1k), as {root}/train/<wnid>/*.JPEG and {root}/val/<wnid>/*.JPEG (val sorted "
                 "into class folders)",
@@ -230,6 +232,9 @@ def native_split(dataset: dict, split: str) -> tuple[list[str], list[str], list[
         return _flowers_rows(dataset, split)
     if fmt == "imagenet":
         return _imagenet_rows(dataset, split)
+    if fmt == "imagefolder":
+        names, table = load_imagefolder_split(dataset["root"], split, split)
+        return names, table.column("path").to_pylist(), table.column("label").to_pylist()
     raise TaskDataError(f"unsupported dataset format {fmt!r} (supported: {', '.join(FORMATS)})")
 
 
@@ -286,6 +291,55 @@ def load_benchmark_splits(dataset: dict) -> tuple[list[str], dict[str, pa.Table]
     return _apply_renames(classnames, dataset.get("renames") or {}, dataset["root"]), tables
 
 
+def wds_to_imagefolder(wds_root: str | Path, out: str | Path, splits: tuple[str, ...] = ("train", "test")) -> dict:
+    """Unpack a benchmark in CLIP-benchmark's webdataset layout into an image-folder dataset.
+
+    Input: ``{wds_root}/classnames.txt`` (one class a line, in label order) and ``{wds_root}/{split}/*.tar``
+    whose samples hold an image (``.jpg``/``.jpeg``/``.png``/``.webp``) and its label (``.cls``), as in the
+    hub copies ``clip-benchmark/wds_<name>`` (e.g. Stanford Cars, whose original download is gone).
+    Output: ``{out}/{split}/{class folder}/{key}.{ext}`` and ``{out}/classnames.txt``, the ``imagefolder``
+    format. Splits without shards are skipped. Returns the image count per split.
+    """
+    import tarfile
+
+    root, out = Path(wds_root), Path(out)
+    try:
+        classnames = [line.strip() for line in (root / "classnames.txt").read_text().splitlines() if line.strip()]
+    except OSError as e:
+        raise TaskDataError(f"webdataset benchmark {str(root)!r} has no readable classnames.txt ({e})") from None
+    counts = {}
+    for split in splits:
+        shards = sorted((root / split).glob("*.tar"))
+        if not shards:
+            continue
+        counts[split] = 0
+        for shard in shards:
+            samples: dict[str, dict[str, bytes]] = {}
+            with tarfile.open(shard) as tar:
+                for member in tar:
+                    if member.isfile() and "." in Path(member.name).name:
+                        key, ext = Path(member.name).name.split(".", 1)
+                        samples.setdefault(key, {})[ext.lower()] = tar.extractfile(member).read()
+            for key, parts in sorted(samples.items()):
+                ext = next((e for e in ("jpg", "jpeg", "png", "webp") if e in parts), None)
+                if ext is None or "cls" not in parts:
+                    raise TaskDataError(f"{shard}: sample {key!r} lacks an image or a .cls label")
+                label = int(parts["cls"].decode().strip())
+                if not 0 <= label < len(classnames):
+                    raise TaskDataError(f"{shard}: sample {key!r} has label {label}, beyond classnames.txt")
+                target = out / split / folder_of(classnames[label]) / f"{key}.{ext}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(parts[ext])
+                counts[split] += 1
+    if not counts:
+        raise TaskDataError(f"webdataset benchmark {str(root)!r} has no {'/'.join(splits)}/*.tar shards")
+    for split in counts:  # every class has a folder, also where a split has no image of it
+        for name in classnames:
+            (out / split / folder_of(name)).mkdir(parents=True, exist_ok=True)
+    (out / "classnames.txt").write_text("\n".join(classnames) + "\n")
+    return counts
+
+
 def default_queries(classnames: list[str], queries: dict[str, list[list[str]]]) -> dict[str, list[list[str]]]:
     """Substring query per class: the configured alternatives, or the class name itself."""
     unknown = sorted(set(queries) - set(classnames))
@@ -302,12 +356,13 @@ def build_task(name: str, definition: dict[str, Any], out_dir: str | Path) -> di
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     classnames, sizes = None, {}
-    if dataset["format"] != "imagefolder":
+    by_folders = dataset["format"] == "imagefolder" and not dataset.get("val_from_train")
+    if not by_folders:
         classnames, tables = load_benchmark_splits(dataset)
         for split, table in tables.items():
             pq.write_table(table, out / f"{split}.parquet")
             sizes[split] = table.num_rows
-    for split in SPLITS if dataset["format"] == "imagefolder" else ():
+    for split in SPLITS if by_folders else ():
         folder = dataset["splits"][split]
         split_dir = Path(dataset["root"]) / folder
         if split == "train" and not split_dir.is_dir():
@@ -337,3 +392,14 @@ def build_task(name: str, definition: dict[str, Any], out_dir: str | Path) -> di
 
 def read_task(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+if __name__ == "__main__":  # python -m synret.tasks wds-to-imagefolder <wds_root> <out> [split ...]
+    import sys
+
+    if len(sys.argv) < 4 or sys.argv[1] != "wds-to-imagefolder":
+        sys.exit("usage: python -m synret.tasks wds-to-imagefolder <wds_root> <out> [split ...]")
+    try:
+        print(wds_to_imagefolder(sys.argv[2], sys.argv[3], tuple(sys.argv[4:]) or ("train", "test")))
+    except TaskDataError as e:
+        sys.exit(f"error: {e}")
