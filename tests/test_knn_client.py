@@ -272,3 +272,55 @@ def test_clip_model_spec_registers_the_config(tiny_clip_dir, tmp_path):
     assert knn_client.clip_model_spec(tiny_clip_dir, tmp_path) == spec  # named by content: stable
     with pytest.raises(FileNotFoundError, match="open_clip_config.json"):
         knn_client.clip_model_spec(tmp_path, tmp_path)
+
+
+# ---------------------------------------------------------------- through the workflow
+
+
+@needs_service
+@pytest.mark.slow
+def test_workflow_knn_stage_queries_the_service(service, pool_index, shape_images, tiny_clip_dir, tmp_path):
+    """The knn_query rule with pool.knn_service set: the same hits as the local index gives."""
+    import subprocess
+    import sys
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    import yaml
+    from PIL import Image
+
+    from synret.clip import encode_texts
+
+    client, _, _ = service
+    folder, clip = pool_index
+    images, labels = shape_images
+    for split in ("train", "val", "test"):
+        for i in [i for c in range(3) for i in np.flatnonzero(labels == c)[:4]]:
+            path = tmp_path / "dataset" / split / SHAPES[labels[i]] / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[i]).save(path)
+    (tmp_path / "pool").mkdir()
+    pq.write_table(pq.read_table(folder / "metadata" / "metadata_0.parquet"), tmp_path / "pool" / "part-00000.parquet")
+    overlay = {
+        "world": None, "tasks": ["t"], "sources": ["retrieved"], "scales": [10], "seeds": [0],
+        "clip": {"model": f"local-dir:{tiny_clip_dir}"},
+        "pool": {"metadata": str(tmp_path / "pool" / "*.parquet"), "knn_index": None, "serve": None,
+                 "knn_service": {"url": client.url, "indice_name": "tiny", "query": "text", "parallel": 2}},
+        "task_settings": {"t": {"dataset": {"format": "imagefolder", "root": str(tmp_path / "dataset")},
+                                "templates": ["a photo of a {c}.", "a {c} shape."]}},
+        "retrieval": {"knn": {"k": 6}, "substring": {"enabled": False}},
+    }
+    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+                           "--configfile", str(REPO / "config.yaml"), str(tmp_path / "overlay.yaml"), "--cores", "1",
+                           "results/retrieval/t/knn_hits.parquet"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    hits = pq.read_table(tmp_path / "results" / "retrieval" / "t" / "knn_hits.parquet")
+    queries = pq.read_table(tmp_path / "results" / "prompts" / "t" / "queries.parquet")
+    queries = queries.filter(pc.equal(queries.column("kind"), "knn"))
+    texts, qlabels = queries.column("query").to_pylist(), queries.column("label").to_pylist()
+    assert len(texts) == 3 * 2
+    local = knn_hits(KnnIndex(folder), encode_texts(clip, texts).numpy(), qlabels, texts, ["image", "text"], 6, COLUMNS)
+    assert _comparable(hits) == _comparable(local)
+    log = (tmp_path / "logs" / "retrieval" / "t" / "knn.log").read_text()
+    assert f"kNN service {client.url} (index 'tiny', text queries)" in log

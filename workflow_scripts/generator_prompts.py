@@ -3,12 +3,13 @@ prompts, or captions from a language model when prompts.llm is set."""
 
 import pyarrow.parquet as pq
 
-from synret.prompts import prompt_table
 from synret.tasks import read_task
 from synret.workflow import run_job
 
 
 def main(smk, log):
+    from synret.prompts import prompt_table  # torch (through synret.clip): import after run_job set the threads
+
     task = read_task(smk.input.task)
     table, stats = prompt_table(task["classnames"], smk.params.prompts, smk.params.shard_size, log)
     pq.write_table(table, smk.output[0])
