@@ -145,4 +145,5 @@ def test_without_data_the_run_stops_before_any_job_naming_every_missing_path(tmp
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "config key 'pool.metadata'" in out and "config key 'task_settings.stanford_cars.dataset.root'" in out
+    assert "README, \"Running the paper's experiment\"" in out
     assert "Traceback" not in out

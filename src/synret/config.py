@@ -178,9 +178,12 @@ def semantic_errors(config: dict) -> list[str]:
 
 def check_config(config: dict, schema_path: str) -> None:
     """Raise one ConfigError listing every problem, or return quietly."""
-    problems = schema_errors(config, schema_path)
+    problems, missing = schema_errors(config, schema_path), []
     if not problems:  # the cross-key and path checks assume a well-formed config
         problems = semantic_errors(config)
-        problems += path_errors({**config, "tasks": [t for t in config["tasks"] if t in config["task_settings"]]})
+        missing = path_errors({**config, "tasks": [t for t in config["tasks"] if t in config["task_settings"]]})
+        problems += missing
     if problems:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        hint = ("\n(what to download for real models and data, and where: README, \"Running the paper's experiment\")"
+                if missing and not config.get("world") else "")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems) + hint)
