@@ -366,6 +366,7 @@ def test_webdataset_copy_unpacks_into_an_imagefolder_with_val_carved_from_train(
     test = pq.read_table(tmp_path / "task" / "test.parquet").to_pylist()
     assert sorted((Path(r["path"]).name, r["label"]) for r in test) == [(f"s{i:07d}.webp", i % 3) for i in range(6)]
     assert (tmp_path / "cars" / "test" / "Ram_C_V_Cargo_Van_Minivan_2012").is_dir()
+    assert required_paths(dataset) == [str(tmp_path / "cars" / "train"), str(tmp_path / "cars" / "test")]
 
 
 def test_webdataset_converter_errors_name_the_problem(tmp_path):

@@ -130,7 +130,8 @@ def required_paths(dataset: dict) -> list[str]:
         out = [str(root / s) for s in _native_splits(dataset)]
         names = dataset.get("classnames", "open_clip")
         return out + ([] if names == "open_clip" else [names])
-    return [str(root / splits.get(s, s)) for s in SPLITS if s != "train"]
+    needed = ("train", "test") if dataset.get("val_from_train") else ("val", "test")  # else train is optional
+    return [str(root / splits.get(s, s)) for s in needed]
 
 
 def _native_splits(dataset: dict) -> list[str]:
