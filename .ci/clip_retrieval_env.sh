@@ -26,7 +26,8 @@ fi
 start=$SECONDS
 rm -rf "$venv"
 python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet "${requirements[@]}"
+# (pip's notes about this machine's empty local indexes are noise here)
+"$venv/bin/pip" install --quiet "${requirements[@]}" 2> >(grep -v "^WARNING: Location 'file:" >&2)
 "$venv/bin/clip-retrieval" --help >/dev/null  # imports cleanly (pkg_resources present)
 echo "$want" >"$stamp"
 echo "created clip-retrieval venv $venv in $((SECONDS - start)) s"

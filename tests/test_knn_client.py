@@ -241,6 +241,24 @@ def test_query_arguments_are_checked():
         KnnServiceClient("127.0.0.1:9")
 
 
+def test_clip_retrieval_env_pins_what_was_verified():
+    """envs/clip-retrieval.yaml (what .ci/clip_retrieval_env.sh installs) keeps the pins that resolve:
+    clip-retrieval 2.45.0, setuptools<80 (its pkg_resources import), and our torch (from disk here)."""
+    import re
+    import tomllib
+
+    import yaml
+
+    env = yaml.safe_load((REPO / "envs" / "clip-retrieval.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert "clip-retrieval==2.45.0" in pip and "setuptools<80" in pip
+    ours = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    for name in ("torch", "torchvision"):
+        assert [r for r in pip if re.match(rf"{name}==", r)] == [r for r in ours if re.match(rf"{name}==", r)]
+    script = (REPO / ".ci" / "clip_retrieval_env.sh").read_text()
+    assert "envs/clip-retrieval.yaml" in script and ".ci/clip_retrieval_env.sh" in (REPO / ".ci" / "run").read_text()
+
+
 def test_base_url_accepts_the_endpoint_or_the_root():
     assert base_url("http://h:1/knn-service") == base_url("http://h:1/") == base_url("http://h:1") == "http://h:1"
 
