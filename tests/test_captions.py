@@ -131,6 +131,17 @@ def test_exact_repeats_are_resampled_then_fall_back_to_templates(tiny_lm):
             assert row["prompt"] == fallback
 
 
+def test_generation_stops_at_the_first_newline(tiny_lm):
+    from synret.captions import CaptionModel
+
+    lm = CaptionModel(CaptionConfig.from_settings({"model": tiny_lm, "max_new_tokens": 80}), device="cpu")
+    texts = lm.generate([few_shot_prompt("class", ["cat"], np.random.default_rng(i), 3) for i in range(48)], seed=0)
+    stopped = [t for t in texts if "\n" in t]
+    assert stopped  # some samples drew a newline ...
+    for text in stopped:  # ... and ended right there
+        assert text.endswith("\n") and text.count("\n") == 1, repr(text)
+
+
 def test_unloadable_model_names_the_config_key(tmp_path):
     settings = _settings(str(tmp_path / "no-such-lm"))
     with pytest.raises(OSError, match=r"'prompts\.llm\.model'"):

@@ -195,10 +195,11 @@ class CaptionModel:
 
         torch.manual_seed(seed)
         batch = self.tokenizer(list(prompts), return_tensors="pt", padding=True).to(self.device)
-        with torch.no_grad():
+        with torch.no_grad():  # only the first line is kept: a sequence stops at its first newline
             out = self.model.generate(
                 **batch, do_sample=True, temperature=self.cfg.temperature, top_p=self.cfg.top_p, top_k=0,
                 max_new_tokens=self.cfg.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                stop_strings=["\n"], tokenizer=self.tokenizer,
             )
         return self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 
