@@ -1,9 +1,11 @@
 # Tasks: class names, templates and split manifests, written once and read by every later stage.
 
+from synret.config import dataset_inputs
+
 
 rule task:
     input:
-        dataset=dataset_root_input,
+        dataset=lambda wildcards: dataset_inputs(task_definition(config, wildcards.task)["dataset"]),
         preflight=[] if WORLD else ancient("results/preflight.json"),
     output:
         task="results/tasks/{task}/task.json",

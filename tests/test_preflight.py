@@ -18,7 +18,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from PIL import Image
 
 from synret.knn import write_index_folder
 from synret.preflight import (
@@ -29,7 +28,7 @@ from synret.preflight import (
     preflight_problems,
     run_preflight,
 )
-from test_tasks_real_formats import CARS, make_aircraft, make_cars, make_dtd
+from test_tasks_real_formats import CARS, make_aircraft, make_cars, make_dtd, make_flowers
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = {"id": "SAMPLE_ID", "url": "URL", "caption": "TEXT", "nsfw": "NSFW"}
@@ -293,29 +292,29 @@ def test_llm_is_part_of_the_spec_only_when_configured(tmp_path):
 
 def test_preflight_passes_and_a_rerun_of_it_reruns_nothing_else(tmp_path, tiny_clip_dir):
     """The marker is an ancient input of the task rule: a config edit that reruns only the preflight
-    (here clip.cache_dir, which no task job depends on) leaves the finished task alone."""
-    for split in ("train", "val", "test"):
-        for cls in ("circle", "square"):
-            (tmp_path / "data" / split / cls).mkdir(parents=True)
-            Image.new("RGB", (8, 8)).save(tmp_path / "data" / split / cls / "0.png")
+    (here clip.cache_dir, which no task job depends on) leaves the finished task alone. And a benchmark
+    added beside another in the shared torchvision root does not rerun the first one's task."""
+    make_dtd(tmp_path / "datasets")
     pool_folder(tmp_path / "pool")
-    overlay = {"world": None, "tasks": ["shapes"], "sources": ["retrieved"],
+    overlay = {"world": None, "tasks": ["dtd"], "sources": ["retrieved"],
                "clip": {"model": f"local-dir:{tiny_clip_dir}", "pretrained": None, "cache_dir": None},
                "pool": {"metadata": "pool/metadata/*.parquet", "knn_index": None, "serve": None, "knn_model": None},
                "retrieval": {"knn": {"enabled": False}},
-               "task_settings": {"shapes": {"dataset": {"format": "imagefolder", "root": "data"}}}}
+               "task_settings": {"dtd": {"dataset": {"format": "dtd", "root": "datasets"}, "templates": ["a {c}."]}}}
 
     def run(*args, **change):
         (tmp_path / "overlay.yaml").write_text(yaml.safe_dump({**overlay, **change}))
         return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory",
                                str(tmp_path), "--configfile", str(tmp_path / "overlay.yaml"), "--cores", "1",
-                               "results/tasks/shapes/task.json", *args],
+                               "results/tasks/dtd/task.json", *args],
                               capture_output=True, text=True, timeout=600, env=_env())
 
     first = run()
     assert first.returncode == 0, first.stderr[-3000:]
     assert json.loads((tmp_path / "results" / "preflight.json").read_text())["checked"] == [
-        "clip", "pool", "dataset:shapes"]
+        "clip", "pool", "dataset:dtd"]
+    assert "Nothing to be done" in run("-n").stdout
+    make_flowers(tmp_path / "datasets")  # a new folder in the root DTD shares
     assert "Nothing to be done" in run("-n").stdout
     edited = run("-n", clip={**overlay["clip"], "cache_dir": str(tmp_path / "hf")})
     assert edited.returncode == 0, edited.stderr[-3000:]

@@ -378,3 +378,13 @@ def test_webdataset_converter_errors_name_the_problem(tmp_path):
     (tmp_path / "wds" / "classnames.txt").write_text("only one class\n")
     with pytest.raises(TaskDataError, match="label 1, beyond classnames.txt"):
         wds_to_imagefolder(tmp_path / "wds", tmp_path / "out")
+
+
+def test_task_jobs_track_a_benchmarks_own_files_not_the_shared_root(tmp_path):
+    from synret.config import dataset_inputs
+
+    make_dtd(tmp_path / "data")
+    dtd = {"format": "dtd", "root": str(tmp_path / "data")}
+    assert dataset_inputs(dtd) == required_paths(dtd) and str(tmp_path / "data") not in dataset_inputs(dtd)
+    assert dataset_inputs({"format": "flowers102", "root": str(tmp_path / "data")}) == []  # missing: preflight's job
+    assert dataset_inputs({"format": "imagefolder", "root": "results/world/datasets/x"}) == ["results/world/datasets/x"]

@@ -107,6 +107,17 @@ def schema_errors(config: dict, schema_path: str) -> list[str]:
     return lines
 
 
+def dataset_inputs(dataset: dict) -> list[str]:
+    """What a task job reads, for Snakemake to track: an image folder's root; for the benchmark formats
+    their annotation files and image folders that exist (the preflight reports missing ones), not the
+    root they share with other benchmarks, whose mtime changes whenever one is added beside them."""
+    if dataset["format"] == "imagefolder":
+        return [dataset["root"]]
+    from .tasks import required_paths  # numpy and pyarrow: only imported for real benchmarks
+
+    return [p for p in required_paths(dataset) if os.path.exists(p)]
+
+
 def produced_by_world(config: dict, path: str) -> bool:
     if not config.get("world"):
         return False
