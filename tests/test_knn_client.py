@@ -196,6 +196,20 @@ def test_service_index_row_can_serve_as_the_id(service, pool_index):
 
 
 @needs_service
+def test_query_many_streams_answers_in_order(service, pool_index):
+    client, _, _ = service
+    texts = [f"a {c} {s}" for c in COLORS for s in SHAPES[:5]]
+    requests = ({"text": t, "modality": "text", "k": 1} for t in texts)  # a generator: drawn lazily
+    answers = client.query_many(requests, parallel=3)
+    assert not isinstance(answers, list)
+    assert [a[0]["TEXT"] for a in answers] == texts  # each indexed caption finds itself, in request order
+    logs = []
+    hits = service_hits(client, None, [0] * 3, QUERIES[:3], ["text"], 2, {**COLUMNS, "caption": "URL"}, 1,
+                        log=logs.append)
+    assert hits.column("caption").equals(hits.column("url"))  # two roles may share one column
+
+
+@needs_service
 def test_missing_metadata_column_names_the_config_key(service):
     client, _, _ = service
     with pytest.raises(KeyError, match=r"'url'.*pool\.knn_service\.columns\.url"):

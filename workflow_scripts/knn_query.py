@@ -27,7 +27,7 @@ def main(smk, log):
         client = KnnServiceClient(service["url"], service["indice_name"], timeout=service["timeout"],
                                   retries=service["retries"], deduplicate=service["deduplicate"])
         columns = {**smk.params.columns, **(service["columns"] or {})}
-        hits = service_hits(client, emb, labels, texts, knn["modalities"], knn["k"], columns, service["parallel"])
+        hits = service_hits(client, emb, labels, texts, knn["modalities"], knn["k"], columns, service["parallel"], log)
         log(f"kNN service {client.url} (index {service['indice_name']!r}, {service['query']} queries)")
     pq.write_table(hits, smk.output[0])
     log(f"{len(texts)} queries x {knn['modalities']} x k={knn['k']}: {hits.num_rows} hits")

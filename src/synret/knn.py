@@ -127,35 +127,40 @@ def _hits_table(out: dict, meta: pa.Table, columns: dict[str, str], source: str,
 
 def service_hits(
     client, query_emb: np.ndarray | None, labels: Sequence[int], queries: Sequence[str], modalities: Sequence[str],
-    k: int, columns: dict[str, str], parallel: int = 4,
+    k: int, columns: dict[str, str], parallel: int = 4, log=None,
 ) -> pa.Table:
     """:func:`knn_hits` over a running ``clip-retrieval back`` (a :class:`synret.knn_client.KnnServiceClient`).
 
     With ``query_emb`` the query embeddings are sent (``embedding_input``), so the workflow's own
     CLIP embeds them exactly as for a local index; with None the texts are sent and the service's
     CLIP embeds them. Same rows and columns as :func:`knn_hits`; ``columns`` name the service's
-    metadata columns (its ``id`` field, the index row, is there as column ``id``).
+    metadata columns (its ``id`` field, the index row, is there as column ``id``). Answers are
+    consumed as they arrive, keeping only the mapped columns.
     """
     items = [(modality, q) for modality in modalities for q in range(len(queries))]
-    requests = [
+    requests = (
         {"modality": modality, "k": k,
          **({"text": queries[q]} if query_emb is None else {"embedding": np.asarray(query_emb[q]).tolist()})}
         for modality, q in items
-    ]
-    answers = client.query_many(requests, parallel)
+    )
+    wanted = {role: column for role, column in columns.items() if column}
     out = {"label": [], "query": [], "method": [], "rank": [], "score": []}
-    rows: list[dict] = []
-    for (modality, q), results in zip(items, answers):
+    meta: dict[str, list] = {column: [] for column in wanted.values()}
+    for n, ((modality, q), results) in enumerate(zip(items, client.query_many(requests, parallel)), 1):
         for rank, result in enumerate(results):
             out["label"].append(labels[q])
             out["query"].append(queries[q])
             out["method"].append(f"knn_{modality}")
             out["rank"].append(rank)
             out["score"].append(float(result["similarity"]))
-            rows.append(result)
-    names = list(dict.fromkeys(name for row in rows for name in row))
-    meta = pa.table({name: pa.array([None if row.get(name) is None else str(row[name]) for row in rows], pa.string())
-                     for name in names})
-    if not rows:  # nothing found: empty columns of every configured name
-        meta = pa.table({c: pa.array([], pa.string()) for c in columns.values() if c})
-    return _hits_table(out, meta, columns, f"the kNN service {client.url}", "pool.knn_service.columns")
+            for column, values in meta.items():  # each column once, even if two roles share it
+                if column not in result:
+                    role = next(r for r, c in wanted.items() if c == column)
+                    raise KeyError(f"the kNN service {client.url} has no column {column!r} "
+                                   f"(config key 'pool.knn_service.columns.{role}')")
+                value = result[column]
+                values.append(None if value is None else str(value))
+        if log and n % 1000 == 0:
+            log(f"{n}/{len(items)} kNN requests answered, {len(out['label'])} hits")
+    table = pa.table({name: pa.array(values, pa.string()) for name, values in meta.items()})
+    return _hits_table(out, table, columns, f"the kNN service {client.url}", "pool.knn_service.columns")

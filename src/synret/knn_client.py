@@ -25,9 +25,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 SERVICE_KEY = "pool.knn_service"
 QUERY_MODES = ("embedding", "text")
@@ -128,12 +129,24 @@ class KnnServiceClient:
                                   f"not a list of results (config key '{self.key}')")
         return results
 
-    def query_many(self, items: Sequence[dict], parallel: int = 4) -> list[list[dict]]:
-        """``query(**item)`` for every item, ``parallel`` requests at a time, answers in order."""
-        if parallel <= 1 or len(items) <= 1:
-            return [self.query(**item) for item in items]
+    def query_many(self, items: Iterable[dict], parallel: int = 4) -> Iterator[list[dict]]:
+        """``query(**item)`` for every item, answers yielded in order, ``parallel`` requests in flight.
+
+        Items are drawn lazily and at most ``2 * parallel`` answers wait unread, so a long run of
+        queries (the paper's: ~10^5 requests of 500 results) holds little in memory at once.
+        """
+        if parallel <= 1:
+            for item in items:
+                yield self.query(**item)
+            return
         with ThreadPoolExecutor(max_workers=parallel) as pool:
-            return list(pool.map(lambda item: self.query(**item), items))
+            pending: deque = deque()
+            for item in items:
+                pending.append(pool.submit(self.query, **item))
+                if len(pending) >= 2 * parallel:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
 
 def service_settings(pool: dict) -> dict | None:
