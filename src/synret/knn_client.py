@@ -228,6 +228,10 @@ def serve(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+    # run as a script, this file's folder heads sys.path: its modules (clip.py, config.py, ...) must not
+    # shadow the packages clip-retrieval imports (the OpenAI `clip` above all)
+    here = str(Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != here]
     if sys.argv[1:2] != ["serve"]:
         sys.exit("usage: python knn_client.py serve [--host 127.0.0.1] <clip-retrieval back arguments>")
     serve(sys.argv[2:])
