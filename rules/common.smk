@@ -21,6 +21,7 @@ from synret.config import (
     ConfigError,
     canonical,
     check_config,
+    knn_model_settings,
     produced_by_world,
     serve_settings,
     shard_count,
@@ -104,6 +105,10 @@ def knn_model():
     return config["pool"].get("knn_model") or config["clip"]["model"]
 
 
+def knn_model_params():
+    return knn_model_settings(config)
+
+
 def pool_parts():
     """The pool's metadata parquet files, in order."""
     if WORLD:
@@ -113,10 +118,6 @@ def pool_parts():
 
 def pool_part(wildcards):
     return pool_parts()[int(wildcards.part)]
-
-
-def dataset_root_input(wildcards):
-    return local_input(task_definition(config, wildcards.task)["dataset"]["root"])
 
 
 # ---------------------------------------------------------------- the two arms

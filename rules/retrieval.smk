@@ -17,7 +17,7 @@ rule knn_query:
         "logs/retrieval/{task}/knn.log",
     params:
         knn=lambda wildcards: knn_settings(retrieval_setting("knn")(wildcards), config["pool"]),
-        model=knn_model(),
+        model=knn_model_params(),
         columns=canonical(config["pool"]["columns"]),
     threads: 2
     resources:

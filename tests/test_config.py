@@ -421,3 +421,13 @@ def test_task_definition_keeps_explicit_values_and_drops_stage_overrides(config)
 )
 def test_shard_count(images, shard_size, expected):
     assert shard_count(images, shard_size) == expected
+
+
+def test_knn_model_settings_keep_the_pretrained_tag_of_the_finetuned_clip():
+    from synret.config import knn_model_settings
+
+    config = {"clip": {"model": "ViT-B-16", "pretrained": "laion2b_s34b_b88k", "cache_dir": "/c"}, "pool": {}}
+    assert knn_model_settings(config) == {"model": "ViT-B-16", "pretrained": "laion2b_s34b_b88k", "cache_dir": "/c"}
+    config["pool"]["knn_model"] = "hf-hub:laion/CLIP-ViT-L-14-laion2B-s32B-b82K"
+    assert knn_model_settings(config) == {
+        "model": "hf-hub:laion/CLIP-ViT-L-14-laion2B-s32B-b82K", "pretrained": None, "cache_dir": "/c"}

@@ -8,6 +8,7 @@ from synret.workflow import run_job, write_json
 
 
 def main(smk, log):
+    from synret.cells import resolve_precision
     from synret.clip import load_clip  # torch: import after run_job set the threads
     from synret.curate import curate, retrieved_rows, synthetic_rows
     from synret.synthesize import pick_device
@@ -21,7 +22,9 @@ def main(smk, log):
     device = pick_device()
     clip = load_clip(smk.params.clip["model"], smk.params.clip["pretrained"], device=device,
                      cache_dir=smk.params.clip["cache_dir"])
-    manifest, summary = curate(rows, read_task(smk.input.task), clip, evals, cfg, device=device, log=log)
+    precision = resolve_precision(smk.params.clip["precision"], device)
+    manifest, summary = curate(rows, read_task(smk.input.task), clip, evals, cfg, device=device, log=log,
+                               precision=precision)
     pq.write_table(manifest, smk.output.manifest)
     write_json(smk.output.summary, summary)
     log(f"kept {summary['kept']} of {summary['candidates']}; dropped {summary['dropped']}")

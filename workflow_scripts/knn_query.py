@@ -19,7 +19,8 @@ def main(smk, log):
     if service is None or service["query"] == "embedding":
         from synret.clip import encode_texts, load_clip  # torch: import after run_job set the threads
 
-        emb = encode_texts(load_clip(smk.params.model), texts).numpy()
+        m = smk.params.model
+        emb = encode_texts(load_clip(m["model"], m["pretrained"], cache_dir=m["cache_dir"]), texts).numpy()
     if service is None:
         hits = knn_hits(KnnIndex(smk.input.index), emb, labels, texts, knn["modalities"], knn["k"],
                         smk.params.columns, knn.get("nprobe"))

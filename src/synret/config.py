@@ -198,3 +198,15 @@ def check_config(config: dict, schema_path: str) -> None:
         hint = ("\n(what to download for real models and data, and where: README, \"Running the paper's experiment\")"
                 if missing and not config.get("world") else "")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems) + hint)
+
+
+def knn_model_settings(config: dict) -> dict:
+    """How to load the CLIP that embedded the kNN index: ``pool.knn_model`` (a name that needs no
+    pretrained tag, e.g. ``hf-hub:`` or ``local-dir:``), or else ``clip.model`` with its pretrained tag;
+    either way from ``clip.cache_dir``."""
+    clip, own = config["clip"], config["pool"].get("knn_model")
+    return canonical({
+        "model": own or clip["model"],
+        "pretrained": None if own else clip.get("pretrained"),
+        "cache_dir": clip.get("cache_dir"),
+    })
