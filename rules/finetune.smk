@@ -25,7 +25,7 @@ rule finetune:
         finetune=settings_of("finetune"),
         evaluate=settings_of("evaluate"),
         clip=clip_params(),
-    threads: 1
+    threads: lambda wildcards: 1 + settings_of("finetune")(wildcards)["num_workers"]  # + its data loader's workers
     resources:
         gpu=1,
         mem_mb=sized("mem_mb", "finetune"),
