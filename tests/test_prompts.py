@@ -291,6 +291,10 @@ def test_paper_config_makes_the_reference_substring_queries():
     assert substring_rows("flowers102", ["rose", "colt's foot", "daffodil"]) == [
         "rose AND flower", "colt's foot", "coltsfoot", "daffodil"]
     assert substring_rows("fgvc_aircraft", ["737-800"]) == ["737-800"]
+    assert substring_rows("imagenet", ["ram (adult male sheep)", "tench"]) == ["ram", "adult male sheep", "tench"]
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    assert set(task_definition(config, "imagenet")["queries"]) <= set(IMAGENET_CLASSNAMES)
     # captions: the reference's class suffixes and DTD's texture prompts
     assert stage_settings(config, "prompts", "stanford_cars")["llm"]["class_template"] == "{c} car"
     assert stage_settings(config, "prompts", "fgvc_aircraft")["llm"]["class_template"] == "{c} aircraft"
