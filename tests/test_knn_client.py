@@ -311,7 +311,8 @@ def test_clip_model_spec_registers_the_config(tiny_clip_dir, tmp_path):
 
 @needs_service
 @pytest.mark.slow
-def test_workflow_knn_stage_queries_the_service(service, pool_index, shape_images, tiny_clip_dir, tmp_path):
+@pytest.mark.parametrize("query", ["embedding", "text"])
+def test_workflow_knn_stage_queries_the_service(service, pool_index, shape_images, tiny_clip_dir, tmp_path, query):
     """The knn_query rule with pool.knn_service set: the same hits as the local index gives."""
     import subprocess
     import sys
@@ -337,7 +338,7 @@ def test_workflow_knn_stage_queries_the_service(service, pool_index, shape_image
         "world": None, "tasks": ["t"], "sources": ["retrieved"], "scales": [10], "seeds": [0],
         "clip": {"model": f"local-dir:{tiny_clip_dir}"},
         "pool": {"metadata": str(tmp_path / "pool" / "*.parquet"), "knn_index": None, "serve": None,
-                 "knn_service": {"url": client.url, "indice_name": "tiny", "query": "text", "parallel": 2}},
+                 "knn_service": {"url": client.url, "indice_name": "tiny", "query": query, "parallel": 2}},
         "task_settings": {"t": {"dataset": {"format": "imagefolder", "root": str(tmp_path / "dataset")},
                                 "templates": ["a photo of a {c}.", "a {c} shape."]}},
         "retrieval": {"knn": {"k": 6}, "substring": {"enabled": False}},
@@ -355,4 +356,4 @@ def test_workflow_knn_stage_queries_the_service(service, pool_index, shape_image
     local = knn_hits(KnnIndex(folder), encode_texts(clip, texts).numpy(), qlabels, texts, ["image", "text"], 6, COLUMNS)
     assert _comparable(hits) == _comparable(local)
     log = (tmp_path / "logs" / "retrieval" / "t" / "knn.log").read_text()
-    assert f"kNN service {client.url} (index 'tiny', text queries)" in log
+    assert f"kNN service {client.url} (index 'tiny', {query} queries)" in log
