@@ -38,3 +38,12 @@ def shape_images():
     labels = np.repeat(np.arange(10), 12)
     attrs = sample_attributes(rng, len(labels), style, fixed={"shape": labels})
     return render(attrs, 32, rng, style), labels
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One local run of configs/smoke.yaml (minutes): the end-to-end tests inspect it, and the SLURM test
+    compares its own run against it. Returns (workdir, wall seconds)."""
+    from smoke_support import local_smoke_run
+
+    return local_smoke_run(tmp_path_factory.mktemp("smoke"))

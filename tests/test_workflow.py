@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,28 +21,9 @@ import pytest
 import yaml
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "configs" / "smoke.yaml"
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+from smoke_support import REPO, SMOKE, SNAKEMAKE, free_port, snakemake
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def snakemake(workdir: Path, *args: str, overlays: list[dict] = (), timeout: int = 1200) -> subprocess.CompletedProcess:
-    """Run snakemake on the smoke config (plus overlay dicts) in ``workdir``."""
-    files = [str(SMOKE), str(workdir / "port.yaml")]
-    for i, overlay in enumerate(overlays):
-        path = workdir / f"overlay{i}.yaml"
-        path.write_text(yaml.safe_dump(overlay))
-        files.append(str(path))
-    cmd = SNAKEMAKE + ["--directory", str(workdir), "--configfile", *files, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
 def planned(workdir: Path, overlays: list[dict] = ()) -> list[tuple[str, dict]]:
@@ -61,14 +41,7 @@ def planned(workdir: Path, overlays: list[dict] = ()) -> list[tuple[str, dict]]:
     return jobs
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("smoke")
-    (workdir / "port.yaml").write_text(yaml.safe_dump({"world": {"base_url": f"http://127.0.0.1:{free_port()}"}}))
-    start = time.time()
-    proc = snakemake(workdir, "--cores", "2", "results/tables/all.csv")
-    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
-    return workdir, time.time() - start
+# smoke_run (one local run of the smoke grid, shared with the SLURM test) is in conftest.py
 
 
 def smoke_config() -> dict:
