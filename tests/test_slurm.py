@@ -145,7 +145,7 @@ def test_every_job_went_through_sbatch(slurm_run):
         for jobid in (jobid for r, jobid in jobs if r == rule):
             record = controller_record(jobid)
             assert record["MinMemoryNode"] == f"{want['mem_mb']}M"
-            assert record["TimeLimit"] == f"00:{want['runtime']:02d}:00"
+            assert record["TimeLimit"] == f"{want['runtime'] // 60:02d}:{want['runtime'] % 60:02d}:00"
 
 
 def test_table_equals_the_local_run(smoke_run, slurm_run):
