@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 from synret.workflow import prepare_job_environment
 
-prepare_job_environment(os.path.join(workflow.basedir, "src"))
+prepare_job_environment(os.path.join(workflow.basedir, "src"), workflow.cores)
 
 from synret.config import (
     WORLD_PRODUCTS,

@@ -23,9 +23,17 @@ def threads_in_fresh_process(threads: int, cores: int | None) -> tuple[str, int]
 
 
 def test_threads_are_capped_and_wait_policy_follows_exclusivity():
-    cpus = os.cpu_count()
+    cpus = len(os.sched_getaffinity(0))
     assert threads_in_fresh_process(64, 64) == ("ACTIVE", cpus)  # holds every core of the workflow
     assert threads_in_fresh_process(1, 8) == ("PASSIVE", 1)  # shares the machine with other jobs
+
+
+def test_shared_jobs_get_their_share_of_the_real_cpus():
+    cpus = len(os.sched_getaffinity(0))
+    # --cores promises four times the machine: a 2-thread job gets half a CPU's worth, i.e. one thread
+    assert threads_in_fresh_process(2, 4 * cpus) == ("PASSIVE", 1)
+    # --cores twice the machine: a job gets half the threads it asked for
+    assert threads_in_fresh_process(cpus, 2 * cpus) == ("PASSIVE", max(1, cpus // 2))
 
 
 def test_configure_threads_refuses_after_torch_is_imported():

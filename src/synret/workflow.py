@@ -30,10 +30,14 @@ from .resources import assign_local_gpus
 EXPECTED_ERRORS = (ConfigError, FileNotFoundError, KeyError, ValueError, RuntimeError, OSError)
 
 
-def prepare_job_environment(src: str) -> None:
+def prepare_job_environment(src: str, cores: int | None = None) -> None:
     """Environment every job inherits from the Snakemake process (set at workflow parse time)."""
     # jobs import the package from the checkout, also where it is not pip-installed
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+    # the cores the scheduler hands out (--cores): a job's own `_cores` resource is capped at the
+    # machine's CPUs, so it cannot tell a job that holds the whole workflow from one that shares it
+    if cores:
+        os.environ["SYNRET_WORKFLOW_CORES"] = str(cores)
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -45,18 +49,33 @@ def write_json(path: str | Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: a SLURM or cgroup cpuset, taskset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def configure_threads(threads: int, workflow_cores: int | None) -> int:
     """Set the CPU threads of this job; call it before torch is imported. Returns the thread count.
 
-    OpenMP's wait policy matters on small machines: when Snakemake runs more jobs than there are cores
-    (`--cores 8` on 2 cores), threads that spin while waiting made torch jobs 25x slower (measured),
-    so they wait passively; a job that holds every core of the workflow keeps spinning threads, which
-    made a UNet training step 1.7x faster than passive ones.
+    Snakemake hands a job ``threads`` out of ``--cores``, which may promise more cores than the machine
+    has (`--cores 8` on 2 CPUs). A job that holds every core of the workflow gets every CPU, with
+    spinning OpenMP threads (a UNet training step was 1.7x faster than with passive ones). A job that
+    shares the machine gets its share of the real CPUs (threads x CPUs / cores, at least one) and
+    passively waiting threads: measured on 2 CPUs under `--cores 8`, spinning threads made concurrent
+    torch jobs 25x slower, and generation jobs with two passive threads each used ~4x the CPU time of one.
     """
     if "torch" in sys.modules:
         raise RuntimeError("configure_threads must run before torch is imported")
-    n = max(1, min(int(threads), os.cpu_count() or 1))
+    cpus = available_cpus()
     exclusive = workflow_cores is not None and threads >= workflow_cores
+    if exclusive:
+        n = min(int(threads), cpus)
+    else:
+        share = min(1.0, cpus / workflow_cores) if workflow_cores else 1.0
+        n = max(1, min(cpus, int(threads * share)))
     os.environ["OMP_WAIT_POLICY"] = "ACTIVE" if exclusive else "PASSIVE"
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(n)
@@ -78,7 +97,10 @@ def run_job(smk: Any, main: Callable[[Any, Callable[[str], None]], None], uses_t
         print(f"[{time.time() - start:7.1f}s] {message}", file=stream, flush=True)
 
     if uses_torch:
-        configure_threads(smk.threads, smk.resources.get("_cores"))
+        cores = int(os.environ.get("SYNRET_WORKFLOW_CORES") or smk.resources.get("_cores") or 0) or None
+        n = configure_threads(smk.threads, cores)
+        log(f"{n} CPU thread(s), OpenMP wait policy {os.environ['OMP_WAIT_POLICY']} "
+            f"(job threads {smk.threads} of {cores} workflow cores)")
     # a local GPU job gets GPUs of its own (CUDA_VISIBLE_DEVICES); the locks are held until the job ends
     gpus = assign_local_gpus(smk.resources, log=log)  # noqa: F841
     try:
