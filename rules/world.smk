@@ -86,7 +86,8 @@ if WORLD:
         params:
             factory=WORLD["index"]["factory"],
             columns=canonical(config["pool"]["columns"]),
-        threads: 4
+        threads: 8  # like the CLIP and generator: the retrieval arm waits for it, so it gets every core
+        priority: 20  # before the generator: it needs only the CLIP and takes a fraction of the time
         resources:
             mem_mb=sized("mem_mb", "world"),
             runtime=sized("runtime", "world"),
