@@ -14,7 +14,11 @@ sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 from synret.workflow import prepare_job_environment
 
-prepare_job_environment(os.path.join(workflow.basedir, "src"), workflow.cores)
+try:
+    _scheduler_cores = workflow.cores
+except WorkflowError:  # no --cores, e.g. a cluster executor, where each job gets its own cores
+    _scheduler_cores = None
+prepare_job_environment(os.path.join(workflow.basedir, "src"), _scheduler_cores)
 
 from synret.config import (
     WORLD_PRODUCTS,
