@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -71,11 +72,19 @@ def test_expected_errors_become_one_line_in_the_log(tmp_path, capsys):
     assert "Traceback" not in text
 
 
-def test_successful_job_logs_done(tmp_path):
+def test_successful_job_logs_done_with_its_cpu_time_and_memory(tmp_path):
+    def main(smk, log):
+        log("working")
+        subprocess.run([sys.executable, "-c", "sum(range(3_000_000)); bytearray(300 * 2**20)"], check=True)
+
     stdout, stderr = sys.stdout, sys.stderr
     try:
-        run_job(fake_job(tmp_path), lambda smk, log: log("working"), uses_torch=False)
+        run_job(fake_job(tmp_path), main, uses_torch=False)
     finally:
         sys.stdout, sys.stderr = stdout, stderr
     lines = (tmp_path / "job.log").read_text().splitlines()
-    assert lines[0].endswith("working") and lines[-1].endswith("done")
+    assert lines[0].endswith("working")
+    match = re.search(r"done: ([\d.]+) CPU s, peak RSS (\d+) MiB$", lines[-1])
+    assert match, lines[-1]
+    # the child's work and its 300 MiB buffer are counted
+    assert float(match.group(1)) > 0.0 and int(match.group(2)) >= 300

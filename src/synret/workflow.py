@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import time
 import traceback
@@ -85,6 +86,14 @@ def configure_threads(threads: int, workflow_cores: int | None) -> int:
     return n
 
 
+def usage() -> str:
+    """CPU seconds (this process and its waited-for children, imports included) and peak memory."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    peak_mib = max(own.ru_maxrss, children.ru_maxrss) / 1024  # kilobytes on Linux
+    return f"{cpu:.1f} CPU s, peak RSS {peak_mib:.0f} MiB"
+
+
 def run_job(smk: Any, main: Callable[[Any, Callable[[str], None]], None], uses_torch: bool = True) -> None:
     """Run an adapter's ``main(snakemake, log)`` with logging, threads and clean error messages."""
     log_path = smk.log[0] if len(smk.log) else None
@@ -112,4 +121,4 @@ def run_job(smk: Any, main: Callable[[Any, Callable[[str], None]], None], uses_t
         print(message, file=stream, flush=True)
         print(message, file=sys.__stderr__, flush=True)
         sys.exit(1)
-    log("done")
+    log(f"done: {usage()}")
