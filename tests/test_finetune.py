@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from synret.cells import run_cell
-from synret.clip import encode_texts, fill_template, load_clip, zero_shot_weights
+from synret.clip import encode_texts, load_clip, zero_shot_weights
 from synret.finetune import (
     FinetuneConfig,
     ProbeConfig,
@@ -33,12 +33,6 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_at(100, 1.0, 10, 100) == pytest.approx(0.0, abs=1e-12)
     # a run shorter than its warmup never reaches the peak (the paper's fixed-step warmup)
     assert max(lr_at(s, 1.0, 500, 60) for s in range(60)) == pytest.approx(60 / 500)
-
-
-def test_fill_template_articles():
-    assert fill_template("a photo of {a/an} {c}.", "apple") == "a photo of an apple."
-    assert fill_template("a photo of {a/an} {c}.", "pear") == "a photo of a pear."
-    assert fill_template("itap of a {}.", "dog") == "itap of a dog."
 
 
 def test_head_starts_as_the_zero_shot_classifier(tiny_clip_dir, shape_images):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import collections
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +18,7 @@ from synret.prompts import (
     rewrite_alternatives,
     template_alternatives,
 )
+from synret.templates import fill_template
 
 CLASSES = ["red star", "blue circle", "apple", "green square", "octagon"]
 
@@ -300,3 +303,16 @@ def test_paper_config_makes_the_reference_substring_queries():
     assert stage_settings(config, "prompts", "fgvc_aircraft")["llm"]["class_template"] == "{c} aircraft"
     weights = stage_settings(config, "prompts", "dtd")["llm"]["weights"]
     assert {k for k, w in weights.items() if w > 0} == {"texture"}
+
+
+def test_fill_template_articles():
+    assert fill_template("a photo of {a/an} {c}.", "apple") == "a photo of an apple."
+    assert fill_template("a photo of {a/an} {c}.", "pear") == "a photo of a pear."
+    assert fill_template("itap of a {}.", "dog") == "itap of a dog."
+
+
+def test_prompt_jobs_do_not_import_torch():
+    # the prompt and query jobs run next to the CLIP jobs; torch would cost them seconds of CPU at start
+    code = "import sys, synret.prompts, synret.tasks; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -15,6 +15,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .templates import fill_template
+
 LOCAL_DIR_PREFIX = "local-dir:"
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -98,12 +100,6 @@ def encode_texts(clip: LoadedClip, texts: Sequence[str], batch_size: int = 256, 
     if not out:
         return torch.zeros(0, clip.model.text_projection.shape[1] if hasattr(clip.model, "text_projection") else 0)
     return torch.cat(out)
-
-
-def fill_template(template: str, classname: str) -> str:
-    """Fill a CLIP prompt template; ``{a/an}`` becomes the right article for the class name."""
-    article = "an" if classname[:1].lower() in "aeiou" else "a"
-    return template.replace("{a/an}", article).replace("{c}", classname).replace("{}", classname)
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pyarrow as pa
 
-from .clip import fill_template
+from .templates import fill_template
 
 SLOTS = {"background": "backgrounds", "attribute": "attributes", "relation": "relations"}
 
