@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import time
 import urllib.request
 
 import numpy as np
@@ -53,6 +56,70 @@ def test_port_taken_by_another_program_names_the_port(served_images):
         with pytest.raises(RuntimeError, match=f"port {port}.*world.base_url"):
             with serve_directory(root, base):
                 pass
+
+
+def _serve_in_child(root, base, ready, then: str) -> subprocess.Popen:
+    """Another job: serve (or join) ``root`` at ``base``, touch ``ready``, then run ``then``."""
+    code = ("import pathlib, sys, time, urllib.request\n"
+            "from synret.fetch import serve_directory\n"
+            f"with serve_directory({str(root)!r}, {base!r}, log=lambda m: print(m, flush=True)):\n"
+            f"    pathlib.Path({str(ready)!r}).touch()\n"
+            f"    {then}\n")
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(path, proc, seconds=60):
+    deadline = time.time() + seconds
+    while not path.exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_jobs_serving_the_same_folder_share_one_server(served_images, tmp_path):
+    root, base = served_images
+    messages = []
+    with serve_directory(root, base, log=messages.append):
+        # a second job joins instead of waiting for the port, and its downloads work
+        joiner = _serve_in_child(root, base, tmp_path / "joined", then=(
+            "time.sleep(1.5); "
+            f"assert urllib.request.urlopen({base + '/images/5.png'!r}, timeout=5).read()"))
+        _wait_for(tmp_path / "joined", joiner)
+        started = time.time()
+    # the job that started the server kept it up until the other job was done with it
+    assert time.time() - started > 1.0
+    assert joiner.wait(timeout=30) == 0
+    assert "already served" in joiner.stdout.read()
+    assert messages == [f"serving {root.resolve()} at {base}"]
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{base}/images/3.png", timeout=2)
+
+
+def test_a_job_serving_another_folder_waits_its_turn(served_images, tmp_path):
+    root, base = served_images
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "only-here.txt").write_text("other pool")
+    with serve_directory(root, base):
+        waiter = _serve_in_child(other, base, tmp_path / "served", then=(
+            f"print(urllib.request.urlopen({base + '/only-here.txt'!r}, timeout=5).read().decode())"))
+        time.sleep(3)
+        assert not (tmp_path / "served").exists()  # still waiting for this block to end
+    assert waiter.wait(timeout=60) == 0
+    out = waiter.stdout.read()
+    assert "waiting for port" in out and "other pool" in out
+
+
+def test_a_job_whose_server_was_killed_fails(served_images, tmp_path):
+    root, base = served_images
+    owner = _serve_in_child(root, base, tmp_path / "serving", then="time.sleep(600)")
+    _wait_for(tmp_path / "serving", owner)
+    with pytest.raises(RuntimeError, match="stopped while this job used it"):
+        with serve_directory(root, base):
+            owner.kill()
+            owner.wait(timeout=30)
+    with serve_directory(root, base):  # the port is free for a new server
+        urllib.request.urlopen(f"{base}/images/4.png", timeout=5).read()
 
 
 def test_serve_rejects_non_loopback(tmp_path):

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlparse
@@ -41,37 +42,96 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
+def _flock(path: Path, mode: int) -> Iterator[None]:
+    with open(path, "a") as f:
+        fcntl.flock(f, mode)  # released when the file closes, also if this process dies
+        yield
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _start_server(host: str, port: int, root: Path) -> http.server.ThreadingHTTPServer | None:
+    """A server bound to the port, or None when the port is taken."""
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    try:
+        return http.server.ThreadingHTTPServer((host, port), handler)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            return None
+        raise
+
+
+@contextlib.contextmanager
 def serve_directory(root: str | Path, base_url: str, log: Callable[[str], None] = print) -> Iterator[str]:
     """Serve ``root`` at ``base_url`` (a loopback http URL with a port) for the duration of the block.
 
-    Jobs that serve on the same port take turns through a lock file, so parallel jobs never find the
-    port taken by each other; a port held by some other program is an error that names it.
+    Jobs that serve the same folder on the same port share one server, so their downloads overlap:
+    the first job starts it, later ones use it, and the job that started it keeps it up until the
+    last of them is done (each user holds a shared lock on a file named after the port). A job that
+    serves another folder on a port in use waits its turn. A port held by some other program is an
+    error that names it. A job whose server was killed during its block fails, rather than keep the
+    downloads that failed with it.
     """
     parsed = urlparse(base_url)
     host, port = parsed.hostname, parsed.port
     if parsed.scheme != "http" or host not in ("127.0.0.1", "localhost") or port is None:
         raise ValueError(f"can only serve on a loopback http URL with a port, not {base_url!r}")
-    if not Path(root).is_dir():
+    root = Path(root).resolve()
+    if not root.is_dir():
         raise FileNotFoundError(f"folder to serve {str(root)!r} does not exist")
-    lock_path = Path(tempfile.gettempdir()) / f"synret-http-{port}.lock"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
-        handler = functools.partial(_QuietHandler, directory=str(root))
-        try:
-            server = http.server.ThreadingHTTPServer((host, port), handler)
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                raise RuntimeError(f"port {port} of {base_url} is in use by another program; "
-                                   "choose another port in config key 'world.base_url'") from e
-            raise
+    stem = Path(tempfile.gettempdir()) / f"synret-http-{port}"
+    owner_file = stem.with_suffix(".owner")  # the folder being served and the pid of the job serving it
+    with open(stem.with_suffix(".users"), "a") as users:
+        server, owner, waited = None, None, False
+        while True:
+            fcntl.flock(users, fcntl.LOCK_SH)  # while any job holds it, the server stays up
+            with _flock(stem.with_suffix(".lock"), fcntl.LOCK_EX):  # start-or-join, one job at a time
+                server = _start_server(host, port, root)
+                if server is not None:
+                    _write_atomic(owner_file, json.dumps({"root": str(root), "pid": os.getpid()}))
+                    break
+                owner = json.loads(owner_file.read_text()) if owner_file.is_file() else None
+                if owner is None or not _alive(owner["pid"]):
+                    raise RuntimeError(f"port {port} of {base_url} is in use by another program; "
+                                       "choose another port in config key 'world.base_url'")
+                if owner["root"] == str(root):
+                    break
+            fcntl.flock(users, fcntl.LOCK_UN)  # another folder is served there: let its jobs finish
+            if not waited:
+                log(f"waiting for port {port}: it serves {owner['root']} (pid {owner['pid']})")
+                waited = True
+            time.sleep(1.0)
+        if server is None:
+            log(f"{root} is already served at {base_url} (by pid {owner['pid']}); using that server")
+            yield base_url
+            if not _alive(owner["pid"]):
+                raise RuntimeError(f"the server of {root} at {base_url} (pid {owner['pid']}) stopped "
+                                   "while this job used it; rerun the job")
+            return
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         log(f"serving {root} at {base_url}")
         try:
             yield base_url
         finally:
+            fcntl.flock(users, fcntl.LOCK_EX)  # wait until no other job uses the server
             server.shutdown()
             server.server_close()
+            owner_file.unlink(missing_ok=True)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def url_table(candidates: pa.Table) -> pa.Table:
