@@ -23,6 +23,7 @@ rule knn_query:
     resources:
         mem_mb=sized("mem_mb", "knn_query"),
         runtime=sized("runtime", "knn_query"),
+    priority: 5  # as synthesis: the retrieved arm's chain is as long, and downloads overlap compute
     conda:
         "../envs/synret.yaml"
     script:
@@ -59,6 +60,7 @@ rule retrieval_candidates:
     params:
         drop_nsfw=retrieval_setting("drop_nsfw"),
         max_per_class=retrieval_setting("max_candidates_per_class"),
+    priority: 5
     conda:
         "../envs/synret.yaml"
     script:
@@ -84,6 +86,7 @@ rule fetch_retrieved:
     resources:
         mem_mb=sized("mem_mb", "fetch_retrieved"),
         runtime=sized("runtime", "fetch_retrieved"),
+    priority: 5  # as synthesis: the retrieved arm's chain is as long, and downloads overlap compute
     conda:
         "../envs/synret.yaml"
     script:
