@@ -4,6 +4,7 @@
 
 import glob
 import os
+import re
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -46,8 +47,13 @@ SEEDS = config["seeds"]
 WORLD = config["world"]
 
 
+def one_of(names):
+    """A wildcard constraint matching exactly these names (none: a pattern that matches nothing)."""
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
 wildcard_constraints:
-    task="|".join(TASKS),
+    task=one_of(TASKS),
     source="synthetic|retrieved",
     scale=r"\d+",
     seed=r"\d+",

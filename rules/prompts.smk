@@ -1,8 +1,13 @@
-# Prompts: the generator's prompt table and the retrieval queries of each task. Two rules, so that
-# editing the generator's prompts never reruns retrieval and vice versa.
+# Prompts: the generator's prompt table and the retrieval queries of each task. Separate rules, so
+# that editing the generator's prompts never reruns retrieval and vice versa. A task whose prompts
+# come from a language model (prompts.llm) gets the same job as a GPU job of its own size.
+
+LLM_TASKS = [task for task in TASKS if stage_settings(config, "prompts", task).get("llm")]
 
 
 rule generator_prompts:
+    wildcard_constraints:
+        task=one_of([task for task in TASKS if task not in LLM_TASKS]),
     input:
         task="results/tasks/{task}/task.json",
     output:
@@ -16,6 +21,16 @@ rule generator_prompts:
         "../envs/synret.yaml"
     script:
         "../workflow_scripts/generator_prompts.py"
+
+
+use rule generator_prompts as generator_prompts_llm with:
+    wildcard_constraints:
+        task=one_of(LLM_TASKS),
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=sized("mem_mb", "generator_prompts_llm"),
+        runtime=sized("runtime", "generator_prompts_llm"),
 
 
 rule retrieval_queries:

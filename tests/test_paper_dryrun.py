@@ -129,6 +129,8 @@ def test_dry_run_lists_the_whole_grid(paper, tmp_path):
     shards = sum(shard_count(stage_settings(paper, "prompts", t)["images"],
                              stage_settings(paper, "synthetic", t)["shard_size"]) for t in tasks)
     assert stats["preflight"] == 1
+    # every paper task captions its prompts with LLaMA-2: a GPU job per task, no template-prompt jobs
+    assert stats["generator_prompts_llm"] == len(tasks) and "generator_prompts" not in stats
     assert stats["task"] == stats["zeroshot"] == stats["knn_query"] == stats["fetch_retrieved"] == len(tasks)
     assert stats["finetune"] == cells == 30
     assert stats["synthesize_shard"] == shards == 250

@@ -23,7 +23,10 @@ def parse(profile: str) -> dict:
 def rules_declaring_gpus() -> set[str]:
     found = set()
     for smk in (REPO / "rules").glob("*.smk"):
-        for name, body in re.findall(r"^\s*rule (\w+):\n(.*?)(?=^\s*rule \w+:|\Z)", smk.read_text(), re.M | re.S):
+        rule = r"^\s*(?:rule (\w+):|use rule \w+ as (\w+) with:)\n"  # a rule, or one derived with `use rule`
+        next_rule = r"^\s*(?:rule \w+:|use rule )"
+        for name, derived, body in re.findall(rf"{rule}(.*?)(?={next_rule}|\Z)", smk.read_text(), re.M | re.S):
+            name = name or derived
             if re.search(r"^\s+resources:\n(?:\s+\w+=.*\n)*?\s+gpu=", body, re.M):
                 found.add(name)
     return found
@@ -46,7 +49,8 @@ def test_local_profile_caps_gpu_jobs():
 def test_slurm_profile_gpu_rules_are_the_rules_that_declare_gpus():
     text = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
     listed = ast.literal_eval(re.search(r"gpu_rules = (\[.*?\])", text).group(1))
-    assert set(listed) == rules_declaring_gpus() == {"synthesize_shard", "curate", "finetune", "zeroshot"}
+    assert set(listed) == rules_declaring_gpus() == {
+        "synthesize_shard", "generator_prompts_llm", "curate", "finetune", "zeroshot"}
 
 
 def test_slurm_profile_without_site_settings_leaves_them_to_the_cluster(monkeypatch):

@@ -86,6 +86,13 @@ def test_generation_is_sized_by_shard_and_resolution(real):
     assert base["runtime"] > estimate("synthesize_shard", real, CELL)["runtime"]  # 512 px vs 16 px
 
 
+def test_captioning_is_sized_by_the_number_of_prompts(real):
+    few = deep_merge(real, {"prompts": {"images": 1000}})
+    many = deep_merge(real, {"prompts": {"images": 250_000}})
+    assert estimate("generator_prompts_llm", many, CELL)["runtime"] > 10 * estimate("generator_prompts_llm", few, CELL)["runtime"]
+    assert estimate("generator_prompts_llm", real, CELL)["mem_mb"] >= 28_000  # a 7B model in 16 bit, loaded
+
+
 def test_real_models_ask_for_more_than_the_demo(demo, real):
     for job in ("synthesize_shard", "finetune", "zeroshot", "curate"):
         assert estimate(job, real, CELL)["mem_mb"] > estimate(job, demo, CELL)["mem_mb"]

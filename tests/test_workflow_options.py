@@ -59,6 +59,7 @@ def test_llm_captions_and_linear_probe_through_the_workflow(tiny_clip_dir, shape
                            "--configfile", str(REPO / "config.yaml"), str(tmp_path / "overlay.yaml"), "--cores", "1",
                            *targets], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "rule generator_prompts_llm:" in proc.stdout + proc.stderr  # the GPU-sized job, not the table step
 
     prompts = pq.read_table(tmp_path / targets[0]).to_pylist()
     assert len(prompts) == 12 and [r["label"] for r in prompts[:3]] == [0, 1, 2]

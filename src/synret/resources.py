@@ -38,6 +38,8 @@ SECONDS_PER_IMAGE_STEP_512 = 0.2  # one SD 1.5 image at 512 px through one denoi
 SECONDS_PER_TRAIN_IMAGE = 0.02  # one image through a ViT-B/16 forward and backward pass
 SECONDS_PER_EVAL_IMAGE = 0.005
 SECONDS_PER_DOWNLOAD = 0.5  # one URL with img2dataset, per download thread
+SECONDS_PER_CAPTION = 0.1  # one caption from a 7B causal LM, batched (~0.03 s on a current GPU)
+LLM_MB = 32000  # a 7B model loaded in 16 bit is ~14 GB of host memory, which loading can double
 
 MIN_RUNTIME = 10  # minutes; scheduling and start-up dominate below this
 
@@ -106,6 +108,12 @@ def _fetch_retrieved(config, wildcards, input_mb):
     return mem, urls * SECONDS_PER_DOWNLOAD / max(1, s["threads"] * s["processes"]) + 600
 
 
+def _generator_prompts_llm(config, wildcards, input_mb):
+    s = stage_settings(config, "prompts", wildcards["task"])
+    # every prompt of the task is captioned, plus re-sampling rounds for repeats and empty answers
+    return LLM_MB, s["images"] * SECONDS_PER_CAPTION * 1.5 + 600
+
+
 def _knn_query(config, wildcards, input_mb):
     # the index is memory-mapped where faiss allows it; the CLIP text/image towers are loaded
     return CLIP_MB[_kind(config, "clip")] + 2000, 600
@@ -124,6 +132,7 @@ ESTIMATORS: dict[str, Callable] = {
     "curate": _curate,
     "fetch_retrieved": _fetch_retrieved,
     "knn_query": _knn_query,
+    "generator_prompts_llm": _generator_prompts_llm,
     "substring_scan": _substring_scan,
 }
 
