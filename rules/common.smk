@@ -112,7 +112,7 @@ def clip_model_input(name=None):
 
 
 def knn_model():
-    return config["pool"].get("knn_model") or config["clip"]["model"]
+    return knn_model_settings(config)["model"]
 
 
 def knn_model_params():

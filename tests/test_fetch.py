@@ -15,15 +15,10 @@ from PIL import Image
 
 from synret.fetch import download, serve_directory, url_table
 from synret.shards import iter_images
+from smoke_support import free_port
 
 CFG = dict(image_size=32, resize_mode="border", encode_format="png", processes=1, threads=8, timeout=5,
            retries=0, shard_size=1000)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()

@@ -31,6 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .workflow import write_json
+
 
 # img2dataset reads encode_quality as JPEG/WEBP quality, but as the zlib level (0-9) for PNG
 ENCODE_QUALITY = {"jpg": 95, "webp": 95, "png": 6}
@@ -96,7 +98,7 @@ def serve_directory(root: str | Path, base_url: str, log: Callable[[str], None] 
             with _flock(stem.with_suffix(".lock"), fcntl.LOCK_EX):  # start-or-join, one job at a time
                 server = _start_server(host, port, root)
                 if server is not None:
-                    _write_atomic(owner_file, json.dumps({"root": str(root), "pid": os.getpid()}))
+                    write_json(owner_file, {"root": str(root), "pid": os.getpid()})
                     break
                 owner = json.loads(owner_file.read_text()) if owner_file.is_file() else None
                 if owner is None or not _alive(owner["pid"]):
@@ -126,12 +128,6 @@ def serve_directory(root: str | Path, base_url: str, log: Callable[[str], None] 
             server.shutdown()
             server.server_close()
             owner_file.unlink(missing_ok=True)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def url_table(candidates: pa.Table) -> pa.Table:
