@@ -1,4 +1,5 @@
-# Aggregate every cell into results/tables/all.csv and draw accuracy-vs-scale figures.
+# Aggregate every cell into the results tables (per cell, per point across seeds, paired
+# comparisons, all with bootstrap intervals) and draw the accuracy-vs-scale figures.
 
 
 localrules:
@@ -7,15 +8,21 @@ localrules:
 
 rule aggregate:
     input:
-        cell_metrics(),
+        metrics=cell_files("metrics.json"),
+        predictions=cell_files("predictions.parquet"),
+        tasks=expand("results/tasks/{task}/task.json", task=TASKS),
     output:
         table="results/tables/all.csv",
+        summary_table="results/tables/summary.csv",
+        paired_table="results/tables/paired.csv",
         plots=expand("results/plots/{task}.png", task=TASKS),
         summary="results/plots/summary.png",
+        paired="results/plots/paired.png",
     log:
         "logs/aggregate.log",
     params:
-        tasks=TASKS,
+        grid=canonical({"tasks": TASKS, "sources": SOURCES, "scales": SCALES, "seeds": SEEDS}),
+        bootstrap=canonical(config["aggregate"].get("bootstrap", {})),
     conda:
         "../envs/synret.yaml"
     script:

@@ -13,6 +13,7 @@ from snakemake.exceptions import WorkflowError
 # where it is not pip-installed (e.g. a conda env built from envs/ with --sdm conda).
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
+from synret.aggregate import expected_cells
 from synret.workflow import prepare_job_environment
 
 try:
@@ -75,6 +76,13 @@ def settings_of(stage):
         return stage_settings(config, stage, wildcards.task)
 
     return get
+
+
+def probe_threads(wildcards):
+    """The training threads of a zero-shot cell: finetune.threads where the linear probe trains, else none."""
+    if settings_of("evaluate")(wildcards).get("linear_probe") is None:
+        return None
+    return settings_of("finetune")(wildcards)["threads"]
 
 
 def retrieval_setting(key):
@@ -189,12 +197,16 @@ def serve_input():
 # ---------------------------------------------------------------- the grid
 
 
-def cell_metrics():
-    cells = expand(
-        "results/cells/{task}/{source}/n{scale}/seed{seed}/metrics.json",
-        task=TASKS,
-        source=SOURCES,
-        scale=SCALES,
-        seed=SEEDS,
-    )
-    return cells + expand("results/cells/{task}/zeroshot/metrics.json", task=TASKS)
+def grid_cells():
+    """Every (task, source, scale, seed) of the grid, then each task's zero-shot cell."""
+    return expected_cells(TASKS, SOURCES, SCALES, SEEDS)
+
+
+def cell_files(name):
+    """A file of every cell of the grid (metrics.json, predictions.parquet), in grid_cells() order."""
+    return [
+        f"results/cells/{task}/zeroshot/{name}"
+        if source == "zeroshot"
+        else f"results/cells/{task}/{source}/n{scale}/seed{seed}/{name}"
+        for task, source, scale, seed in grid_cells()
+    ]

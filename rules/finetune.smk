@@ -16,6 +16,7 @@ rule finetune:
         model=clip_model_input(),
     output:
         metrics="results/cells/{task}/{source}/n{scale}/seed{seed}/metrics.json",
+        predictions="results/cells/{task}/{source}/n{scale}/seed{seed}/predictions.parquet",
         train_manifest="results/cells/{task}/{source}/n{scale}/seed{seed}/train_manifest.parquet",
     log:
         "logs/cells/{task}/{source}/n{scale}/seed{seed}.log",
@@ -25,7 +26,8 @@ rule finetune:
         finetune=settings_of("finetune"),
         evaluate=settings_of("evaluate"),
         clip=clip_params(),
-    threads: lambda wildcards: 1 + settings_of("finetune")(wildcards)["num_workers"]  # + its data loader's workers
+        compute_threads=lambda wc: settings_of("finetune")(wc)["threads"],
+    threads: lambda wc: settings_of("finetune")(wc)["threads"] + settings_of("finetune")(wc)["num_workers"]
     resources:
         gpu=1,
         mem_mb=sized("mem_mb", "finetune"),
@@ -47,6 +49,7 @@ rule zeroshot:
         model=clip_model_input(),
     output:
         metrics="results/cells/{task}/zeroshot/metrics.json",
+        predictions="results/cells/{task}/zeroshot/predictions.parquet",
     log:
         "logs/cells/{task}/zeroshot.log",
     benchmark:
@@ -54,6 +57,7 @@ rule zeroshot:
     params:
         evaluate=settings_of("evaluate"),
         clip=clip_params(),
+        compute_threads=probe_threads,  # only the linear-probe evaluation trains
     threads: 1
     resources:
         gpu=1,

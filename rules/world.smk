@@ -39,6 +39,7 @@ if WORLD:
             "results/benchmarks/world/clip.tsv"
         params:
             train=canonical({**WORLD["clip"], "seed": WORLD["seed"]}),
+            compute_threads=WORLD["threads"],
         threads: 8  # on a small machine it takes every core: other jobs would only slow this critical one
         resources:
             mem_mb=sized("mem_mb", "world"),
@@ -62,6 +63,7 @@ if WORLD:
             "results/benchmarks/world/generator.tsv"
         params:
             train=canonical({**WORLD["generator"], "seed": WORLD["seed"]}),
+            compute_threads=WORLD["threads"],
         threads: 8
         resources:
             mem_mb=sized("mem_mb", "world"),

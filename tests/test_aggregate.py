@@ -1,4 +1,4 @@
-"""Tests of synret.aggregate: the results table and the accuracy-versus-scale figures."""
+"""Tests of synret.aggregate: the results tables, the grid check and the figures."""
 
 from __future__ import annotations
 
@@ -6,120 +6,259 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from synret.aggregate import TABLE_COLUMNS, collect, plot_summary, plot_task
+from synret.aggregate import (
+    PAIRED_COLUMNS,
+    SUMMARY_COLUMNS,
+    TABLE_COLUMNS,
+    Predictions,
+    collect,
+    compare,
+    expected_cells,
+    plot_paired,
+    plot_summary,
+    plot_task,
+    read_predictions,
+    rounded,
+    summarize,
+    with_cell_intervals,
+    write_csv,
+)
+from synret.cells import PREDICTION_SCHEMA
+from synret.stats import BootstrapConfig
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+BOOT = BootstrapConfig(resamples=500)
+N_TEST = {"shapes": 200, "colors": 120}
+CLASSES = {"shapes": 10, "colors": 4}
+GRID = {"tasks": ["shapes", "colors"], "sources": ["synthetic", "retrieved"], "scales": [60, 250], "seeds": [0, 1]}
+CELLS = expected_cells(**GRID)
 
 
-def _cell(task, source, scale, seed, top1, mpc=None, **extra) -> dict:
+def _metrics(task, source, scale, seed, top1, mpc=None, **extra) -> dict:
     row = {
         "task": task, "source": source, "scale": scale, "seed": seed, "top1": top1,
-        "mean_per_class": top1 if mpc is None else mpc, "n_train": scale, "wall_seconds": 1.5,
+        "mean_per_class": top1 if mpc is None else mpc, "n_train": scale, "wall_seconds": 1.53,
         "val_top1": top1, "val_mean_per_class": top1, "steps": 10 * scale,
     }
     row.update(extra)
     return row
 
 
-CELLS = [
-    _cell("shapes", "synthetic", 250, 0, 0.61),
-    _cell("shapes", "retrieved", 60, 1, 0.52),
-    _cell("shapes", "zeroshot", 0, 0, 0.35, n_train=0, steps=0),
-    _cell("shapes", "retrieved", 60, 0, 0.50),
-    _cell("colors", "synthetic", 60, 0, 0.40, 0.38),
-    _cell("shapes", "synthetic", 60, 0, 0.45),
-    _cell("shapes", "retrieved", 250, 0, 0.70),
-    _cell("colors", "zeroshot", 0, 0, 0.25),
-    _cell("colors", "retrieved", 60, 0, 1.0, 0.0),
-    _cell("shapes", "synthetic", 60, 1, 0.47),
-]
+def _prediction_table(task: str, correct: np.ndarray, extra_split: bool = True) -> pa.Table:
+    """Test (and val) predictions of a task's images: right where ``correct``, else the next class."""
+    n, k = N_TEST[task], CLASSES[task]
+    labels = np.arange(n) % k
+    pred = np.where(correct, labels, (labels + 1) % k)
+    ranked = [[int(p)] + [int(c) for c in range(k) if c != p][:4] for p in pred]
+    parts = [("test", [f"{task}-{i:04d}" for i in range(n)], labels, pred, ranked)]
+    if extra_split:  # a val split that aggregate must ignore
+        parts.append(("val", [f"v{i}" for i in range(5)], np.zeros(5, int), np.ones(5, int), [[1, 0]] * 5))
+    tables = [pa.table({"evaluation": ["classifier"] * len(keys), "split": [split] * len(keys), "key": keys,
+                        "label": np.asarray(y, np.int32), "pred": np.asarray(p, np.int32), "ranked": r},
+                       schema=PREDICTION_SCHEMA) for split, keys, y, p, r in parts]
+    return pa.concat_tables(tables)
 
 
-def _write(tmp_path: Path, cells: list[dict]) -> list[Path]:
-    paths = []
+def _accuracy(cell) -> float:
+    task, source, scale, seed = cell
+    base = {"zeroshot": 0.30, "synthetic": 0.25, "retrieved": 0.45}[source]
+    return round(base + 0.0002 * scale + 0.02 * seed, 3)
+
+
+def _correct(cell) -> np.ndarray:
+    """Right on the first round(accuracy * n) images of a fixed shuffle of the task's images."""
+    n = N_TEST[cell[0]]
+    order = np.random.default_rng(len(cell[0])).permutation(n)
+    correct = np.zeros(n, bool)
+    correct[order[: int(round(_accuracy(cell) * n))]] = True
+    return correct
+
+
+def _write_grid(tmp_path: Path, cells=CELLS, metrics_of=None) -> tuple[list[Path], dict]:
+    metric_paths, prediction_paths = [], {}
     for i, cell in enumerate(cells):
-        path = tmp_path / f"cell{i}" / "metrics.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**cell, "per_class": [0.1, 0.2]}))  # extra keys are ignored
-        paths.append(path)
-    return paths
+        folder = tmp_path / f"cell{i}"
+        folder.mkdir(parents=True, exist_ok=True)
+        correct = _correct(cell)
+        m = (metrics_of or {}).get(cell) or _metrics(*cell, top1=float(correct.mean()),
+                                                   n_train=0 if cell[1] == "zeroshot" else cell[2])
+        (folder / "metrics.json").write_text(json.dumps({**m, "per_class": [0.1, 0.2]}))  # extra keys are ignored
+        pq.write_table(_prediction_table(cell[0], correct), folder / "predictions.parquet")
+        metric_paths.append(folder / "metrics.json")
+        prediction_paths[cell] = folder / "predictions.parquet"
+    return metric_paths, prediction_paths
 
 
 @pytest.fixture
-def table(tmp_path) -> pd.DataFrame:
-    return collect(_write(tmp_path, CELLS), expected_rows=len(CELLS))
+def grid(tmp_path):
+    metric_paths, prediction_paths = _write_grid(tmp_path)
+    table = collect(metric_paths, expected=CELLS)
+    preds = Predictions(prediction_paths, CLASSES)
+    table = with_cell_intervals(table, preds, BOOT)
+    return table, preds
 
 
-def test_collect_columns_and_order(table):
+# ---------------------------------------------------------------- the per-cell table
+
+
+def test_collect_columns_order_and_intervals(grid):
+    table, _ = grid
     assert list(table.columns) == TABLE_COLUMNS
-    assert list(table.index) == list(range(len(CELLS)))
     keys = list(zip(table["task"], table["source"], table["scale"], table["seed"]))
-    assert keys == [
-        ("colors", "retrieved", 60, 0),
-        ("colors", "synthetic", 60, 0),
-        ("colors", "zeroshot", 0, 0),
-        ("shapes", "retrieved", 60, 0),
-        ("shapes", "retrieved", 60, 1),
-        ("shapes", "retrieved", 250, 0),
-        ("shapes", "synthetic", 60, 0),
-        ("shapes", "synthetic", 60, 1),
-        ("shapes", "synthetic", 250, 0),
-        ("shapes", "zeroshot", 0, 0),
-    ]
+    assert keys == sorted(CELLS)
+    assert len(table) == len(CELLS) == 2 * 2 * 2 * 2 + 2
+    assert (table["top1_lo"] <= table["top1"]).all() and (table["top1"] <= table["top1_hi"]).all()
+    assert (table["top1_hi"] - table["top1_lo"] > 0.05).all()  # 120-200 test images: several points wide
+    assert (table["n_test"] == table["task"].map(N_TEST)).all()
+    assert not table["short"].any()
 
 
-def test_collect_values(table):
+def test_collect_values(grid):
+    table, _ = grid
     zero = table[(table["task"] == "shapes") & (table["source"] == "zeroshot")].iloc[0]
-    assert zero["scale"] == 0 and zero["top1"] == pytest.approx(0.35) and zero["n_train"] == 0
-    colors = table[(table["task"] == "colors") & (table["source"] == "synthetic")].iloc[0]
-    assert colors["mean_per_class"] == pytest.approx(0.38)
-    assert colors["wall_seconds"] == pytest.approx(1.5)
-    assert colors["steps"] == 600
-    # the bounds 0 and 1 themselves are valid accuracies
-    edge = table[(table["task"] == "colors") & (table["source"] == "retrieved")].iloc[0]
-    assert (edge["top1"], edge["mean_per_class"]) == (1.0, 0.0)
+    assert zero["scale"] == 0 and zero["top1"] == pytest.approx(0.30) and zero["n_train"] == 0
+    cell = table[(table["task"] == "colors") & (table["source"] == "retrieved") & (table["scale"] == 250)
+                 & (table["seed"] == 1)].iloc[0]
+    assert cell["top1"] == pytest.approx(round(_accuracy(("colors", "retrieved", 250, 1)) * 120) / 120)
+    assert cell["steps"] == 2500
 
 
-def test_collect_missing_optional_columns_are_empty(tmp_path):
-    cell = {k: v for k, v in _cell("a", "synthetic", 10, 0, 0.5).items() if k not in ("val_top1", "steps")}
-    df = collect(_write(tmp_path, [cell]))
-    assert list(df.columns) == TABLE_COLUMNS
-    assert pd.isna(df.loc[0, "val_top1"]) and pd.isna(df.loc[0, "steps"])
+def test_grid_check_names_missing_duplicated_and_foreign_cells(tmp_path):
+    metric_paths, _ = _write_grid(tmp_path)
+    with pytest.raises(ValueError, match=r"missing cells colors/retrieved/n250/seed1\b"):
+        collect([p for p, c in zip(metric_paths, CELLS) if c != ("colors", "retrieved", 250, 1)], expected=CELLS)
+    with pytest.raises(ValueError, match=r"duplicated cells shapes/synthetic/n60/seed0"):
+        collect(metric_paths + [metric_paths[0]], expected=CELLS)
+    with pytest.raises(ValueError, match=r"missing cells shapes/zeroshot\b"):
+        collect([p for p, c in zip(metric_paths, CELLS) if c != ("shapes", "zeroshot", 0, 0)], expected=CELLS)
+    with pytest.raises(ValueError, match=r"outside the configured grid shapes/synthetic/n60/seed0"):
+        collect(metric_paths, expected=[c for c in CELLS if c != ("shapes", "synthetic", 60, 0)])
+
+
+def test_collect_short_cells(tmp_path):
+    short_cell = ("colors", "synthetic", 250, 0)
+    metrics = {short_cell: _metrics(*short_cell, top1=float(_correct(short_cell).mean()), n_train=180)}
+    metric_paths, prediction_paths = _write_grid(tmp_path, metrics_of=metrics)
+    table = collect(metric_paths, expected=CELLS)
+    assert table.loc[table["short"], ["task", "source", "scale", "seed"]].values.tolist() == [list(short_cell)]
+    summary = summarize(with_cell_intervals(table, Predictions(prediction_paths, CLASSES), BOOT),
+                        Predictions(prediction_paths, CLASSES), BOOT)
+    row = summary[(summary["task"] == "colors") & (summary["source"] == "synthetic") & (summary["scale"] == 250)].iloc[0]
+    assert bool(row["short"]) and row["n_train"] == pytest.approx((180 + 250) / 2)
 
 
 def test_collect_linear_probe_columns_only_when_present(tmp_path):
-    cells = [_cell("a", "zeroshot", 0, 0, 0.3, lp_top1=0.6, lp_mean_per_class=0.55), _cell("a", "synthetic", 10, 0, 0.5)]
-    df = collect(_write(tmp_path, cells))
+    cells = [("a", "zeroshot", 0, 0), ("a", "synthetic", 10, 0)]
+    paths = []
+    for i, (cell, extra) in enumerate(zip(cells, [{"lp_top1": 0.6, "lp_mean_per_class": 0.55}, {}])):
+        path = tmp_path / f"{i}.json"
+        path.write_text(json.dumps(_metrics(*cell, top1=0.5, **extra)))
+        paths.append(path)
+    df = collect(paths)
     assert list(df.columns) == TABLE_COLUMNS + ["lp_top1", "lp_mean_per_class"]
     assert df.loc[df["source"] == "zeroshot", "lp_top1"].item() == pytest.approx(0.6)
     assert pd.isna(df.loc[df["source"] == "synthetic", "lp_top1"].item())
 
 
-def test_collect_wrong_row_count(tmp_path):
-    paths = _write(tmp_path, CELLS[:3])
-    with pytest.raises(ValueError, match="expected 4 result rows, found 3"):
-        collect(paths, expected_rows=4)
-    assert len(collect(paths)) == 3
-
-
 @pytest.mark.parametrize("column, value", [("top1", 1.2), ("top1", -0.01), ("mean_per_class", 63.0)])
 def test_collect_accuracy_out_of_range(tmp_path, column, value):
-    bad = _cell("shapes", "retrieved", 125, 2, 0.5)
+    bad = _metrics("shapes", "retrieved", 125, 2, 0.5)
     bad[column] = value
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
     with pytest.raises(ValueError) as info:
-        collect(_write(tmp_path, CELLS[:2] + [bad]))
+        collect([path])
     message = str(info.value)
     assert column in message
     assert re.search(r"'source': 'retrieved', 'scale': 125, 'seed': 2", message), message
 
 
-def test_collect_no_files():
-    df = collect([], expected_rows=0)
-    assert list(df.columns) == TABLE_COLUMNS and len(df) == 0
+def test_predictions_must_cover_the_same_images(tmp_path):
+    _, prediction_paths = _write_grid(tmp_path)
+    odd = prediction_paths[CELLS[1]]
+    table = pq.read_table(odd)
+    pq.write_table(table.slice(1), odd)
+    with pytest.raises(ValueError, match="test images differ"):
+        Predictions(prediction_paths, CLASSES)
+
+
+def test_read_predictions_keeps_the_classifier_test_split(tmp_path):
+    path = tmp_path / "p.parquet"
+    pq.write_table(_prediction_table("colors", np.ones(120, bool)), path)
+    table = read_predictions(path)
+    assert len(table) == 120 and set(table["split"]) == {"test"}
+
+
+# ---------------------------------------------------------------- across seeds, paired
+
+
+def test_summary_means_over_seeds(grid):
+    table, preds = grid
+    summary = summarize(table, preds, BOOT)
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    assert len(summary) == 2 * 2 * 2 + 2
+    row = summary[(summary["task"] == "shapes") & (summary["source"] == "retrieved") & (summary["scale"] == 60)].iloc[0]
+    cells = table[(table["task"] == "shapes") & (table["source"] == "retrieved") & (table["scale"] == 60)]
+    assert row["seeds"] == 2 and row["top1"] == pytest.approx(cells["top1"].mean())
+    assert row["top1_seed_sd"] == pytest.approx(cells["top1"].std(ddof=1))
+    assert row["top1_lo"] < row["top1"] < row["top1_hi"]
+    zero = summary[(summary["task"] == "shapes") & (summary["source"] == "zeroshot")].iloc[0]
+    assert zero["seeds"] == 1 and pd.isna(zero["top1_seed_sd"])
+
+
+def test_paired_comparisons(grid):
+    table, preds = grid
+    paired = compare(table, preds, GRID["sources"], BOOT)
+    assert list(paired.columns) == PAIRED_COLUMNS
+    # per task and scale: retrieved - synthetic, synthetic - zeroshot, retrieved - zeroshot; 2 seeds + all
+    assert len(paired) == 2 * 2 * 3 * 3
+    assert set(zip(paired["a"], paired["b"])) == {("retrieved", "synthetic"), ("synthetic", "zeroshot"),
+                                                  ("retrieved", "zeroshot")}
+    row = paired[(paired["task"] == "shapes") & (paired["scale"] == 250) & (paired["a"] == "retrieved")
+                 & (paired["b"] == "synthetic") & (paired["seed"] == "0")].iloc[0]
+    a, b = _correct(("shapes", "retrieved", 250, 0)), _correct(("shapes", "synthetic", 250, 0))
+    assert row["diff_top1"] == pytest.approx(a.mean() - b.mean())
+    assert (row["a_only"], row["b_only"]) == ((a & ~b).sum(), (~a & b).sum())
+    assert row["diff_top1_lo"] > 0 and row["mcnemar_p"] < 1e-6  # 0.45 vs 0.25 on nested correct sets
+    across = paired[(paired["task"] == "shapes") & (paired["scale"] == 250) & (paired["a"] == "retrieved")
+                    & (paired["b"] == "synthetic") & (paired["seed"] == "all")].iloc[0]
+    assert pd.isna(across["mcnemar_p"]) and across["diff_top1_lo"] < across["diff_top1"] < across["diff_top1_hi"]
+
+
+def test_identical_sources_compare_to_zero(tmp_path):
+    cells = expected_cells(["shapes"], ["synthetic", "retrieved"], [60], [0])
+    same = {c: _metrics(*c, top1=0.3) for c in cells}
+    metric_paths, prediction_paths = _write_grid(tmp_path, cells, same)
+    for cell in cells:  # every cell predicts exactly what the zero-shot cell predicts
+        pq.write_table(_prediction_table("shapes", _correct(("shapes", "zeroshot", 0, 0))), prediction_paths[cell])
+    preds = Predictions(prediction_paths, CLASSES)
+    table = with_cell_intervals(collect(metric_paths, expected=cells), preds, BOOT)
+    paired = compare(table, preds, ["synthetic", "retrieved"], BOOT)
+    assert (paired["diff_top1"] == 0).all() and (paired["diff_top1_lo"] == 0).all()
+    assert (paired.loc[paired["seed"] != "all", "mcnemar_p"] == 1.0).all()
+
+
+def test_written_tables_are_rounded(grid, tmp_path):
+    table, preds = grid
+    table.loc[0, "top1"] = 0.23499999999999996
+    table.loc[0, "wall_seconds"] = 12.3456
+    paired = compare(table, preds, GRID["sources"], BOOT)
+    paired.loc[0, "mcnemar_p"] = 1.234567e-9
+    for df, name in ((table, "all.csv"), (summarize(table, preds, BOOT), "summary.csv"), (paired, "paired.csv")):
+        write_csv(df, tmp_path / name)
+        text = (tmp_path / name).read_text()
+        assert not re.search(r"\d\.\d{7,}", text), name  # no float noise such as 0.23499999999999996
+    written = pd.read_csv(tmp_path / "all.csv")
+    assert written.loc[0, "top1"] == 0.235 and written.loc[0, "wall_seconds"] == 12.3
+    assert pd.read_csv(tmp_path / "paired.csv").loc[0, "mcnemar_p"] == 1.235e-9
+    assert rounded(table)["n_test"].dtype == "Int64"
 
 
 # ---------------------------------------------------------------- figures
@@ -137,26 +276,47 @@ def _assert_png(path: Path, min_size: tuple[int, int]) -> tuple[int, int]:
     return width, height
 
 
-def test_plot_task(table, tmp_path):
+def _pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB")).astype(int)
+
+
+def test_plot_task_draws_both_sources_and_zero_shot(grid, tmp_path):
+    table, preds = grid
+    summary = summarize(table, preds, BOOT)
     path = tmp_path / "shapes.png"
-    plot_task(table, "shapes", path)
+    plot_task(summary, "shapes", path)
     width, height = _assert_png(path, (300, 200))
     assert (width, height) == (600, 432)  # figsize (5, 3.6) at 120 dpi
-    assert width > height
+    pixels = _pixels(path)
+    for colour in ((0x1F, 0x77, 0xB4), (0xD6, 0x27, 0x28)):  # the two sources' line colours are on the figure
+        assert (np.abs(pixels - colour).sum(axis=2) < 30).sum() > 50
 
 
-def test_plot_task_mean_per_class_and_single_source(table, tmp_path):
-    path = tmp_path / "colors.png"
-    plot_task(table[table["source"] != "synthetic"], "colors", path, metric="mean_per_class")
-    _assert_png(path, (300, 200))
+def test_plot_marks_short_cells(tmp_path):
+    short_cell = ("colors", "synthetic", 250, 0)
+    metrics = {short_cell: _metrics(*short_cell, top1=float(_correct(short_cell).mean()), n_train=100)}
+    metric_paths, prediction_paths = _write_grid(tmp_path, metrics_of=metrics)
+    preds = Predictions(prediction_paths, CLASSES)
+    summary = summarize(with_cell_intervals(collect(metric_paths, expected=CELLS), preds, BOOT), preds, BOOT)
+    full = tmp_path / "full.png"
+    plot_task(summary.assign(short=False), "colors", full)
+    marked = tmp_path / "marked.png"
+    plot_task(summary, "colors", marked)
+    assert not np.array_equal(_pixels(full), _pixels(marked))
 
 
-def test_plot_summary(table, tmp_path):
+def test_plot_summary_and_paired(grid, tmp_path):
+    table, preds = grid
+    summary = summarize(table, preds, BOOT)
     path = tmp_path / "summary.png"
-    plot_summary(table, ["shapes", "colors"], path)
+    plot_summary(summary, ["shapes", "colors"], path)
     width, height = _assert_png(path, (600, 300))
     assert width > height
     wide = tmp_path / "summary4.png"
-    plot_summary(table, ["shapes", "colors", "shapes", "colors"], wide)  # 2 rows x 3 columns
+    plot_summary(summary, ["shapes", "colors", "shapes", "colors"], wide)  # 2 rows x 3 columns
     width4, height4 = _assert_png(wide, (600, 300))
     assert width4 > width and height4 > height
+    paired_path = tmp_path / "paired.png"
+    plot_paired(compare(table, preds, GRID["sources"], BOOT), ["shapes", "colors"], paired_path, "retrieved", "synthetic")
+    _assert_png(paired_path, (400, 300))

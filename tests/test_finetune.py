@@ -62,11 +62,11 @@ def test_training_learns_a_separable_task(tiny_clip_dir, shape_images, tmp_path)
     for i, im in enumerate(images[keep]):
         paths.append(str(tmp_path / f"{i}.png"))
         Image.fromarray(im).save(paths[-1])
-    before = evaluate(model, paths, y, 3, clip.preprocess_val, 64, "cpu", "fp32")
+    before, _ = evaluate(model, paths, y, 3, clip.preprocess_val, 64, "cpu", "fp32")
     cfg = FinetuneConfig(epochs=30, batch_size=12, lr=3e-3, weight_decay=0.0, betas=(0.9, 0.95), warmup_steps=3,
                          grad_clip=1.0, label_smoothing=0.0, num_workers=0, augment="none", seed=0)
     stats = train_classifier(model, data, y, clip.preprocess_val, cfg, "cpu", "fp32", log=lambda m: None)
-    after = evaluate(model, paths, y, 3, clip.preprocess_val, 64, "cpu", "fp32")
+    after, ranked = evaluate(model, paths, y, 3, clip.preprocess_val, 64, "cpu", "fp32")
     assert stats["steps"] == 30 * 3
     assert after["top1"] > max(before["top1"], 0.8)
     assert 0 <= after["mean_per_class"] <= 1 and after["n"] == 36
@@ -94,13 +94,19 @@ def test_mean_per_class_differs_from_top1_on_imbalanced_data(tiny_clip_dir, shap
     for i, im in enumerate(images[:14]):  # 12 circles, 2 squares
         paths.append(str(tmp_path / f"{i}.png"))
         Image.fromarray(im).save(paths[-1])
-    out = evaluate(model, paths, labels[:14].tolist(), 10, clip.preprocess_val, 8, "cpu", "fp32")
+    out, ranked = evaluate(model, paths, labels[:14].tolist(), 10, clip.preprocess_val, 8, "cpu", "fp32")
     with torch.no_grad():
         x = torch.stack([clip.preprocess_val(Image.open(p).convert("RGB")) for p in paths])
-        pred = model(x).argmax(1).numpy()
+        logits = model(x)
+    pred = logits.argmax(1).numpy()
     correct = pred == labels[:14]
     assert out["top1"] == pytest.approx(correct.mean())
     assert out["mean_per_class"] == pytest.approx(np.mean([correct[:12].mean(), correct[12:].mean()]))
+    # the ranked predictions: the five best classes, best first, from which top-1 and top-5 recompute
+    assert ranked.shape == (14, 5) and np.array_equal(ranked[:, 0], pred)
+    assert np.array_equal(ranked, logits.topk(5, dim=1).indices.numpy())
+    in_top5 = (ranked == labels[:14, None]).any(axis=1)
+    assert out["top5"] == pytest.approx(in_top5.mean()) and out["top5"] >= out["top1"]
 
 
 # ---------------------------------------------------------------- linear probes
@@ -172,8 +178,8 @@ def test_linear_probe_evaluation_of_a_cell(tiny_clip_dir, shape_images, tmp_path
     clip_cfg = {"model": f"local-dir:{tiny_clip_dir}", "pretrained": None, "cache_dir": None, "precision": "fp32"}
     evaluate_cfg = {"batch_size": 64, "splits": ["test"], "linear_probe": {"epochs": 40, "batch_size": 16, "warmup_steps": 5}}
     cell = {"task": "t", "source": "zeroshot", "scale": 0, "seed": 0}
-    record, _ = run_cell(task, cell, clip_cfg, {"test": tables["test"]}, evaluate_cfg, log=lambda m: None,
-                         probe_tables=tables)
+    record, _, predictions = run_cell(task, cell, clip_cfg, {"test": tables["test"]}, evaluate_cfg,
+                                      log=lambda m: None, probe_tables=tables)
     probe = record["evaluation"]["linear_probe"]
     assert set(probe) == {"test"} and probe["test"]["n"] == len(tables["test"])
     assert record["lp_top1"] == probe["test"]["top1"] and 0 <= record["lp_top1"] <= 1
@@ -188,9 +194,17 @@ def test_linear_probe_evaluation_of_a_cell(tiny_clip_dir, shape_images, tmp_path
                        log=lambda m: None)
     test = extract_features(clip.model.visual, list(tables["test"]["path"]), clip.preprocess_val, 64, "cpu", "fp32")
     expected = accuracy(head(test).argmax(1).numpy(), tables["test"]["label"].to_numpy(), 4)
-    assert probe["test"] == pytest.approx(expected)
+    assert {k: probe["test"][k] for k in ("top1", "mean_per_class", "n")} == pytest.approx(
+        {k: expected[k] for k in ("top1", "mean_per_class", "n")})
+    # per-image predictions of both evaluations, keyed by the split manifest's keys
+    pred = predictions.to_pandas()
+    assert set(zip(pred["evaluation"], pred["split"])) == {("classifier", "test"), ("linear_probe", "test")}
+    probe_rows = pred[pred["evaluation"] == "linear_probe"]
+    assert list(probe_rows["key"]) == list(tables["test"]["key"])
+    assert (probe_rows["pred"] == probe_rows["label"]).mean() == pytest.approx(record["lp_top1"])
+    assert probe_rows["ranked"].map(len).eq(4).all()  # four classes: all of them, ranked
     # without the option the record is as before
-    plain, _ = run_cell(task, cell, clip_cfg, {"test": tables["test"]}, {"batch_size": 64, "splits": ["test"]},
+    plain, _, _ = run_cell(task, cell, clip_cfg, {"test": tables["test"]}, {"batch_size": 64, "splits": ["test"]},
                         log=lambda m: None)
     assert "lp_top1" not in plain and "linear_probe" not in plain["evaluation"]
     assert plain["top1"] == record["top1"]

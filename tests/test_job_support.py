@@ -15,12 +15,47 @@ from synret.config import ConfigError
 from synret.workflow import run_job, write_json
 
 
-def threads_in_fresh_process(threads: int, cores: int | None) -> tuple[str, int]:
-    code = ("import os; from synret.workflow import configure_threads; n = configure_threads(%d, %r); "
-            "import torch; print(os.environ['OMP_WAIT_POLICY'], n, torch.get_num_threads())" % (threads, cores))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+def threads_in_fresh_process(threads: int, cores: int | None, compute: int | None = None,
+                              env: dict | None = None) -> tuple[str, int]:
+    code = ("import os; from synret.workflow import configure_threads; n = configure_threads(%d, %r, %r); "
+            "import torch; print(os.environ['OMP_WAIT_POLICY'], n, torch.get_num_threads())" % (threads, cores, compute))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, **(env or {})}).stdout.split()
     assert out[1] == out[2]
     return out[0], int(out[1])
+
+
+def test_training_jobs_compute_on_the_configured_threads_whatever_the_cores():
+    cpus = len(os.sched_getaffinity(0))
+    # the same count alone on the machine, sharing it under a large --cores, and with no --cores at all
+    assert threads_in_fresh_process(8, 8, compute=2)[1] == 2
+    assert threads_in_fresh_process(1, 64, compute=2) == ("PASSIVE", 2)
+    assert threads_in_fresh_process(1, None, compute=3)[1] == 3
+    assert threads_in_fresh_process(cpus, cpus, compute=1) == ("ACTIVE", 1)
+
+
+def kernel_settings(env: dict) -> dict:
+    code = ("import os, json; from synret.workflow import configure_threads; configure_threads(1, 1); "
+            "import torch; print(json.dumps({k: os.environ.get(k) for k in "
+            "('ATEN_CPU_CAPABILITY', 'MKL_CBWR', 'ONEDNN_MAX_CPU_ISA')} | "
+            "{'capability': torch.backends.cpu.get_cpu_capability()}))")
+    clean = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**clean, **env})
+    return json.loads(out.stdout)
+
+
+def test_cpu_kernels_are_pinned_to_avx2():
+    from synret.workflow import _cpu_flags
+
+    if not {"avx2", "fma"} <= _cpu_flags():
+        pytest.skip("this CPU has no AVX2: the libraries keep their own kernels")
+    pinned = kernel_settings({})
+    assert pinned == {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                      "capability": "AVX2"}
+    # a user's own choice is kept, and SYNRET_NATIVE_KERNELS leaves every library its default
+    assert kernel_settings({"ATEN_CPU_CAPABILITY": "default"})["capability"] == "DEFAULT"
+    native = kernel_settings({"SYNRET_NATIVE_KERNELS": "1"})
+    assert native["MKL_CBWR"] is None and native["ATEN_CPU_CAPABILITY"] is None
 
 
 def test_threads_are_capped_and_wait_policy_follows_exclusivity():

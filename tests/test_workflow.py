@@ -64,13 +64,53 @@ def test_results_table(smoke_run):
     cells = table[table["source"] != "zeroshot"]
     assert set(cells["source"]) == set(cfg["sources"]) and set(cells["scale"]) == set(cfg["scales"])
     assert (cells["n_train"] > 0).all() and (cells["n_train"] <= cells["scale"]).all()
+    assert (cells["short"] == (cells["n_train"] < cells["scale"])).all()
     assert (table["wall_seconds"] > 0).all()
+    assert (table["top1_lo"] <= table["top1"]).all() and (table["top1"] <= table["top1_hi"]).all()
+
+
+def test_summary_and_paired_tables(smoke_run):
+    workdir, _ = smoke_run
+    cfg = smoke_config()
+    table = pd.read_csv(workdir / "results" / "tables" / "all.csv")
+    summary = pd.read_csv(workdir / "results" / "tables" / "summary.csv")
+    assert len(summary) == len(cfg["tasks"]) * (len(cfg["sources"]) * len(cfg["scales"]) + 1)
+    assert (summary["seeds"][summary["source"] != "zeroshot"] == len(cfg["seeds"])).all()
+    assert (summary["top1_lo"] <= summary["top1"]).all() and (summary["top1"] <= summary["top1_hi"]).all()
+    paired = pd.read_csv(workdir / "results" / "tables" / "paired.csv", dtype={"seed": str})
+    pairs = set(zip(paired["a"], paired["b"]))
+    assert ("retrieved", "synthetic") in pairs and ("synthetic", "zeroshot") in pairs
+    # a per-seed difference is the difference of the two cells' top-1 on the same test images
+    row = paired[(paired["a"] == "retrieved") & (paired["b"] == "synthetic") & (paired["seed"] == "0")].iloc[0]
+    cell = lambda source: table[(table["task"] == row["task"]) & (table["source"] == source)  # noqa: E731
+                                & (table["scale"] == row["scale"]) & (table["seed"] == 0)]["top1"].item()
+    assert row["diff_top1"] == pytest.approx(cell("retrieved") - cell("synthetic"), abs=1.5e-4)  # all rounded
+    assert 0 <= row["mcnemar_p"] <= 1
+
+
+def test_every_cell_keeps_its_per_image_predictions(smoke_run):
+    workdir, _ = smoke_run
+    cfg = smoke_config()
+    for task in cfg["tasks"]:
+        test = pq.read_table(workdir / f"results/tasks/{task}/test.parquet").to_pandas()
+        cells = [workdir / f"results/cells/{task}/zeroshot"] + [
+            workdir / f"results/cells/{task}/{source}/n{scale}/seed{seed}"
+            for source in cfg["sources"] for scale in cfg["scales"] for seed in cfg["seeds"]]
+        for cell in cells:
+            pred = pq.read_table(cell / "predictions.parquet").to_pandas()
+            metrics = json.loads((cell / "metrics.json").read_text())
+            assert set(pred["split"]) == set(cfg["evaluate"]["splits"])
+            on_test = pred[pred["split"] == "test"]
+            assert sorted(on_test["key"]) == sorted(test["key"])
+            assert (on_test["pred"] == on_test["label"]).mean() == pytest.approx(metrics["top1"])
+            top5 = [label in ranked[:5] for label, ranked in zip(on_test["label"], on_test["ranked"])]
+            assert sum(top5) / len(top5) == pytest.approx(metrics["top5"])
 
 
 def test_plots_are_png(smoke_run):
     workdir, _ = smoke_run
     plots = sorted((workdir / "results" / "plots").glob("*.png"))
-    assert {p.stem for p in plots} == set(smoke_config()["tasks"]) | {"summary"}
+    assert {p.stem for p in plots} == set(smoke_config()["tasks"]) | {"summary", "paired"}
     for plot in plots:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         with Image.open(plot) as im:
@@ -113,6 +153,44 @@ def test_downloads_went_through_img2dataset(smoke_run):
         assert stats, "img2dataset's per-shard stats are kept"
         counts = json.loads((workdir / f"results/retrieval/{task}/download.json").read_text())
         assert counts["status"].get("success", 0) > 0
+
+
+REPRODUCIBLE = [  # what must be the same to the bit whatever --cores is and whatever shares the machine
+    "results/world/clip/*.safetensors",
+    "results/world/generator/*/*.safetensors",
+    "results/synthetic/*/shard-*.tar",
+    "results/synthetic/*/shard-*.parquet",
+    "results/curated/*/*/manifest.parquet",
+    "results/cells/**/predictions.parquet",
+    "results/cells/**/train_manifest.parquet",
+    "results/tables/summary.csv",
+    "results/tables/paired.csv",
+]
+
+
+def test_same_bits_whatever_the_cores(smoke_run, tmp_path):
+    """A second run at --cores 8 on this machine (jobs share the CPUs, each on fewer threads than the
+    --cores 2 run gave them) reproduces every model, shard, manifest, prediction and table exactly."""
+    import hashlib
+
+    workdir, _ = smoke_run
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "port.yaml").write_text((workdir / "port.yaml").read_text())  # the same pool URLs
+    proc = snakemake(other, "--cores", "8", "results/tables/all.csv")
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+
+    def digests(root: Path) -> dict[str, str]:
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for pattern in REPRODUCIBLE for p in sorted(root.glob(pattern))}
+
+    first, second = digests(workdir), digests(other)
+    assert len(first) > 20 and set(first) == set(second)
+    differ = sorted(name for name in first if first[name] != second[name])
+    assert not differ, f"differ between --cores 2 and --cores 8: {differ}"
+    # all.csv too, but for the cells' wall time
+    tables = [pd.read_csv(root / "results/tables/all.csv").drop(columns="wall_seconds") for root in (workdir, other)]
+    pd.testing.assert_frame_equal(*tables)
 
 
 def test_second_run_does_nothing(smoke_run):

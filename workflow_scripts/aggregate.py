@@ -1,16 +1,46 @@
-"""Collect every cell's metrics into the results table and draw the figures."""
+"""Collect every cell into the results tables (with intervals and paired comparisons) and draw the figures."""
 
-from synret.aggregate import collect, plot_summary, plot_task
+from synret.aggregate import (
+    Predictions,
+    bootstrap_config,
+    collect,
+    compare,
+    expected_cells,
+    plot_paired,
+    plot_summary,
+    plot_task,
+    summarize,
+    with_cell_intervals,
+    write_csv,
+)
+from synret.tasks import read_task
 from synret.workflow import run_job
 
 
 def main(smk, log):
-    table = collect(smk.input, expected_rows=len(smk.input))
-    table.to_csv(smk.output.table, index=False)
-    for task, path in zip(smk.params.tasks, smk.output.plots):
-        plot_task(table, task, path)
-    plot_summary(table, smk.params.tasks, smk.output.summary)
-    log(f"{len(table)} rows")
+    grid = smk.params.grid
+    cells = expected_cells(grid["tasks"], grid["sources"], grid["scales"], grid["seeds"])
+    bootstrap = bootstrap_config(smk.params.bootstrap)
+    n_classes = {task: len(read_task(path)["classnames"]) for task, path in zip(grid["tasks"], smk.input.tasks)}
+
+    table = collect(smk.input.metrics, expected=cells)
+    preds = Predictions(dict(zip(cells, smk.input.predictions)), n_classes)
+    table = with_cell_intervals(table, preds, bootstrap)
+    summary = summarize(table, preds, bootstrap)
+    paired = compare(table, preds, grid["sources"], bootstrap)
+    write_csv(table, smk.output.table)
+    write_csv(summary, smk.output.summary_table)
+    write_csv(paired, smk.output.paired_table)
+
+    for task, path in zip(grid["tasks"], smk.output.plots):
+        plot_task(summary, task, path)
+    plot_summary(summary, grid["tasks"], smk.output.summary)
+    later, earlier = (grid["sources"][-1], grid["sources"][0]) if len(grid["sources"]) > 1 else (grid["sources"][0], "zeroshot")
+    plot_paired(paired, grid["tasks"], smk.output.paired, later, earlier)
+    short = summary[summary["short"]]
+    for row in short.itertuples():
+        log(f"short: {row.task}/{row.source} at scale {row.scale} trained on {row.n_train:g} images")
+    log(f"{len(table)} cells, {len(summary)} points, {len(paired)} paired comparisons")
 
 
 run_job(snakemake, main, uses_torch=False)

@@ -1,10 +1,9 @@
 """Run one cell of the grid (finetune + evaluate, or zero-shot evaluation) and write its metrics."""
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synret.tasks import read_task
-from synret.workflow import run_job, write_json
+from synret.workflow import run_job, write_json, write_parquet
 
 
 def main(smk, log):
@@ -22,10 +21,11 @@ def main(smk, log):
     if smk.params.evaluate.get("linear_probe") is not None:  # the task's own splits, for the probe
         probe_tables = {s: pq.read_table(getattr(smk.input, "probe_train" if s == "train" else s)).to_pandas()
                         for s in ("train", "val", "test")}
-    record, subset = run_cell(task, cell, smk.params.clip, splits, smk.params.evaluate, curated, finetune, log,
-                              probe_tables)
+    record, subset, predictions = run_cell(task, cell, smk.params.clip, splits, smk.params.evaluate, curated,
+                                           finetune, log, probe_tables)
     if subset is not None:
-        pq.write_table(pa.Table.from_pandas(subset, preserve_index=False), smk.output.train_manifest)
+        write_parquet(subset, smk.output.train_manifest)
+    write_parquet(predictions, smk.output.predictions)
     write_json(smk.output.metrics, record)
 
 

@@ -1,87 +1,313 @@
-"""The grid's results: one table row per evaluated cell, and accuracy-versus-scale figures."""
+"""The grid's results: tables with intervals, paired comparisons and accuracy-versus-scale figures.
+
+Inputs are the cells' ``metrics.json`` and ``predictions.parquet``; outputs are
+
+- ``all.csv``: one row per evaluated cell, with a bootstrap interval over its test images;
+- ``summary.csv``: one row per (task, source, scale), the mean over seeds with an interval that
+  counts both the seeds and the test images, and whether the source fell short of the scale;
+- ``paired.csv``: per (task, scale), each source minus each earlier source of the grid and minus
+  zero-shot on the same test images, per seed (with an exact McNemar p-value) and across seeds.
+
+See ``synret.stats`` for the methods. Accuracies are rounded to 4 decimals, p-values to 4
+significant digits.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
+from .stats import BootstrapConfig, cell_interval, seed_image_interval, paired_difference
+
+KEY = ["task", "source", "scale", "seed"]
 TABLE_COLUMNS = [
-    "task", "source", "scale", "seed", "top1", "mean_per_class", "n_train", "wall_seconds",
-    "val_top1", "val_mean_per_class", "steps",
+    "task", "source", "scale", "seed", "top1", "top1_lo", "top1_hi", "top5",
+    "mean_per_class", "mean_per_class_lo", "mean_per_class_hi", "n_train", "short", "n_test",
+    "wall_seconds", "val_top1", "val_mean_per_class", "steps",
 ]
 PROBE_COLUMNS = ["lp_top1", "lp_mean_per_class"]  # present when some cell ran the linear-probe evaluation
+SUMMARY_COLUMNS = [
+    "task", "source", "scale", "seeds", "n_train", "short", "top1", "top1_lo", "top1_hi", "top1_seed_sd",
+    "mean_per_class", "mean_per_class_lo", "mean_per_class_hi", "n_test",
+]
+PAIRED_COLUMNS = [
+    "task", "scale", "a", "b", "seed", "n_test", "diff_top1", "diff_top1_lo", "diff_top1_hi",
+    "diff_mean_per_class", "diff_mean_per_class_lo", "diff_mean_per_class_hi", "a_only", "b_only", "mcnemar_p",
+]
+ACCURACY_DECIMALS = 4
 SOURCE_STYLE = {
     "retrieved": {"color": "#1f77b4", "marker": "o", "label": "retrieved (real)"},
     "synthetic": {"color": "#d62728", "marker": "s", "label": "synthetic (generated)"},
 }
+ZEROSHOT = "zeroshot"
 
 
-def collect(metric_files: Sequence[str | Path], expected_rows: int | None = None) -> pd.DataFrame:
-    """Read every cell's metrics.json into the results table (checked, sorted)."""
+# ----------------------------------------------------------------------------- the grid
+
+
+def expected_cells(tasks: Sequence[str], sources: Sequence[str], scales: Sequence[int], seeds: Sequence[int]) -> list[tuple]:
+    """Every (task, source, scale, seed) the config defines, plus each task's zero-shot cell."""
+    cells = [(t, s, int(n), int(r)) for t in tasks for s in sources for n in scales for r in seeds]
+    return cells + [(t, ZEROSHOT, 0, 0) for t in tasks]
+
+
+def check_grid(found: Iterable[tuple], expected: Iterable[tuple]) -> None:
+    """Every expected cell exactly once, nothing else: an error naming each cell that is not."""
+    found, expected = [tuple(c) for c in found], [tuple(c) for c in expected]
+    counts = pd.Series(found, dtype=object).value_counts() if found else pd.Series(dtype=int)
+    problems = []
+    missing = sorted(set(expected) - set(found))
+    duplicated = sorted(c for c, n in counts.items() if n > 1)
+    unexpected = sorted(set(found) - set(expected))
+    names = ", ".join
+    if missing:
+        problems.append(f"missing cells {names(map(_cell_name, missing))}")
+    if duplicated:
+        problems.append(f"duplicated cells {names(map(_cell_name, duplicated))}")
+    if unexpected:
+        problems.append(f"cells outside the configured grid {names(map(_cell_name, unexpected))}")
+    if problems:
+        raise ValueError("results do not match the grid: " + "; ".join(problems))
+
+
+def _cell_name(cell: tuple) -> str:
+    task, source, scale, seed = cell
+    return f"{task}/{source}" if source == ZEROSHOT else f"{task}/{source}/n{scale}/seed{seed}"
+
+
+# ----------------------------------------------------------------------------- reading cells
+
+
+def read_metrics(metric_files: Sequence[str | Path]) -> list[dict]:
     metrics = []
     for path in metric_files:
         m = json.loads(Path(path).read_text())
-        missing = [c for c in ("task", "source", "scale", "seed", "top1", "mean_per_class") if m.get(c) is None]
+        missing = [c for c in (*KEY, "top1", "mean_per_class") if m.get(c) is None]
         if missing:
             raise ValueError(f"{path}: no value for {', '.join(missing)}")
         metrics.append(m)
+    return metrics
+
+
+def read_predictions(path: str | Path, evaluation: str = "classifier", split: str = "test") -> pd.DataFrame:
+    """One evaluation's predictions on one split, ordered by image key."""
+    table = pq.read_table(path, columns=["evaluation", "split", "key", "label", "pred", "ranked"]).to_pandas()
+    table = table[(table["evaluation"] == evaluation) & (table["split"] == split)]
+    if table["key"].duplicated().any():
+        raise ValueError(f"{path}: an image is listed twice in the {split} predictions")
+    return table.sort_values("key", kind="stable").reset_index(drop=True)
+
+
+class Predictions:
+    """The test-split correctness of every cell, aligned on one image order per task."""
+
+    def __init__(self, files: dict[tuple, str | Path], n_classes: dict[str, int]):
+        self.n_classes = dict(n_classes)
+        self.labels: dict[str, np.ndarray] = {}
+        self.keys: dict[str, np.ndarray] = {}
+        self.correct: dict[tuple, np.ndarray] = {}
+        for cell, path in files.items():
+            table = read_predictions(path)
+            task = cell[0]
+            if task not in self.n_classes:
+                raise ValueError(f"{path}: no class count for task {task!r}")
+            if task not in self.keys:
+                self.keys[task], self.labels[task] = table["key"].to_numpy(), table["label"].to_numpy()
+            elif not np.array_equal(table["key"].to_numpy(), self.keys[task]):
+                raise ValueError(f"{path}: its test images differ from those of the task's other cells; "
+                                 "rerun the cells of this task (snakemake -R finetune zeroshot)")
+            if not len(table):
+                raise ValueError(f"{path}: no test-split predictions")
+            self.correct[tuple(cell)] = table["pred"].to_numpy() == self.labels[task]
+
+    def matrix(self, task: str, source: str, scale: int, seeds: Sequence[int]) -> np.ndarray:
+        """Correctness, seeds x test images."""
+        return np.stack([self.correct[(task, source, scale, seed)] for seed in seeds])
+
+
+def bootstrap_config(settings: dict | None) -> BootstrapConfig:
+    return BootstrapConfig(**(settings or {}))
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def collect(metric_files: Sequence[str | Path], expected: Sequence[tuple] | None = None) -> pd.DataFrame:
+    """Every cell's metrics in one table, checked against the grid (``expected``) and sorted."""
+    metrics = read_metrics(metric_files)
     columns = TABLE_COLUMNS + [c for c in PROBE_COLUMNS if any(m.get(c) is not None for m in metrics)]
     df = pd.DataFrame([{c: m.get(c) for c in columns} for m in metrics], columns=columns)
-    if expected_rows is not None and len(df) != expected_rows:
-        raise ValueError(f"expected {expected_rows} result rows, found {len(df)}")
+    if expected is not None:
+        check_grid(df[KEY].itertuples(index=False, name=None), expected)
     for column in ("top1", "mean_per_class"):
         bad = df[~df[column].between(0, 1)]
         if len(bad):
-            raise ValueError(f"{column} outside [0, 1] for {bad[['task', 'source', 'scale', 'seed']].to_dict('records')}")
-    return df.sort_values(["task", "source", "scale", "seed"], kind="stable").reset_index(drop=True)
+            raise ValueError(f"{column} outside [0, 1] for {bad[KEY].to_dict('records')}")
+    df["short"] = (df["source"] != ZEROSHOT) & (df["n_train"].fillna(0) < df["scale"])
+    numeric = [c for c in columns if c not in ("task", "source", "short")]
+    df[numeric] = df[numeric].apply(pd.to_numeric)
+    return df.sort_values(KEY, kind="stable").reset_index(drop=True)
 
 
-def _plot_axes(ax, df: pd.DataFrame, task: str, metric: str) -> None:
+def with_cell_intervals(table: pd.DataFrame, preds: Predictions, bootstrap: BootstrapConfig) -> pd.DataFrame:
+    """The table with each cell's bootstrap interval over its test images (and the test-set size)."""
+    stats = [cell_interval(preds.correct[cell], preds.labels[cell[0]], preds.n_classes[cell[0]], bootstrap, *cell)
+             for cell in table[KEY].itertuples(index=False, name=None)]
+    out = table.copy()
+    for column in ("top1_lo", "top1_hi", "mean_per_class_lo", "mean_per_class_hi"):
+        out[column] = [s[column] for s in stats]
+    out["n_test"] = [len(preds.labels[task]) for task in out["task"]]
+    return out
+
+
+def summarize(table: pd.DataFrame, preds: Predictions, bootstrap: BootstrapConfig) -> pd.DataFrame:
+    """One row per (task, source, scale): the mean over seeds with its seeds-and-images interval."""
+    rows = []
+    for (task, source, scale), group in table.groupby(["task", "source", "scale"], sort=True):
+        seeds = sorted(group["seed"])
+        correct = preds.matrix(task, source, scale, seeds)
+        stats = seed_image_interval(correct, preds.labels[task], preds.n_classes[task], bootstrap, task, source, scale)
+        rows.append({
+            "task": task, "source": source, "scale": scale, "seeds": len(seeds),
+            "n_train": float(group["n_train"].mean()), "short": bool(group["short"].any()),
+            **stats, "top1_seed_sd": float(group["top1"].std(ddof=1)) if len(seeds) > 1 else np.nan,
+            "n_test": correct.shape[1],
+        })
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def compare(table: pd.DataFrame, preds: Predictions, sources: Sequence[str], bootstrap: BootstrapConfig) -> pd.DataFrame:
+    """Paired differences on the same test images: for each task and scale, every source minus every
+    source before it in ``sources`` and minus zero-shot, per seed and across seeds (seed ``all``)."""
+    rows = []
+    pairs = [(b, a) for i, a in enumerate(sources) for b in sources[i + 1:]] + [(s, ZEROSHOT) for s in sources]
+    cells = table[table["source"] != ZEROSHOT]
+    for (task, scale), group in cells.groupby(["task", "scale"], sort=True):
+        seeds_of = {s: sorted(group.loc[group["source"] == s, "seed"]) for s in sources}
+        labels, n_classes = preds.labels[task], preds.n_classes[task]
+        for a, b in pairs:
+            if not seeds_of.get(a) or (b != ZEROSHOT and not seeds_of.get(b)):
+                continue
+            b_scale, b_seeds = (0, [0]) if b == ZEROSHOT else (scale, seeds_of[b])
+            base = {"task": task, "scale": scale, "a": a, "b": b, "n_test": len(labels)}
+            for seed in seeds_of[a]:
+                b_seed = 0 if b == ZEROSHOT else seed
+                if b_seed not in b_seeds:
+                    continue
+                stats = paired_difference(preds.correct[(task, a, scale, seed)], preds.correct[(task, b, b_scale, b_seed)],
+                                          labels, n_classes, bootstrap, task, scale, a, b, seed)
+                rows.append({**base, "seed": str(seed), **stats})
+            across = seed_image_interval(preds.matrix(task, a, scale, seeds_of[a]), labels, n_classes, bootstrap,
+                                      task, scale, a, b, "all", baseline=preds.matrix(task, b, b_scale, b_seeds))
+            rows.append({**base, "seed": "all", **{f"diff_{k}": v for k, v in across.items()}})
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
+def rounded(df: pd.DataFrame) -> pd.DataFrame:
+    """The table as written: accuracies to 4 decimals, p-values to 4 significant digits, seconds to 0.1."""
+    out = df.copy()
+    for column in out.columns:
+        if column == "mcnemar_p":
+            out[column] = [float(f"{p:.4g}") if pd.notna(p) else p for p in out[column]]
+        elif column in ("wall_seconds", "n_train"):
+            values = out[column].astype(float)
+            integral = values.dropna().eq(values.dropna().round()).all()
+            out[column] = values.round().astype("Int64") if column == "n_train" and integral else values.round(1)
+        elif pd.api.types.is_float_dtype(out[column]) and column not in ("scale",):
+            out[column] = out[column].round(ACCURACY_DECIMALS)
+    for column in ("n_test", "steps", "a_only", "b_only"):
+        if column in out:
+            out[column] = out[column].astype("Int64")
+    return out
+
+
+def write_csv(df: pd.DataFrame, path: str | Path) -> None:
+    """Write the rounded table atomically (a killed job never leaves half a table under the name)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    rounded(df).to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _plot_axes(ax, summary: pd.DataFrame, task: str, metric: str) -> None:
     import matplotlib.ticker
 
-    cells = df[(df["task"] == task) & (df["source"] != "zeroshot")]
+    rows = summary[summary["task"] == task]
+    cells = rows[rows["source"] != ZEROSHOT]
+    lows, highs = [], []
     for source, group in cells.groupby("source", sort=True):
-        stats = group.groupby("scale")[metric].agg(["mean", "min", "max"]).sort_index()
+        group = group.sort_values("scale")
         style = SOURCE_STYLE.get(source, {"label": source})
-        ax.plot(stats.index, stats["mean"], marker=style.get("marker", "o"), color=style.get("color"),
-                label=style["label"])
-        if (stats["max"] > stats["min"]).any():
-            ax.fill_between(stats.index, stats["min"], stats["max"], color=style.get("color"), alpha=0.15, lw=0)
-    zero = df[(df["task"] == task) & (df["source"] == "zeroshot")][metric]
+        x, y = group["n_train"].to_numpy(float), group[metric].to_numpy(float)
+        lo, hi = group[f"{metric}_lo"].to_numpy(float), group[f"{metric}_hi"].to_numpy(float)
+        line = ax.errorbar(x, y, yerr=[y - lo, hi - y], marker=style.get("marker", "o"), color=style.get("color"),
+                           capsize=3, lw=1.5, label=style["label"])
+        color = line[0].get_color()
+        short = group["short"].to_numpy(bool)
+        if short.any():  # fewer images than the scale asked for: hollow markers at the actual count
+            ax.plot(x[short], y[short], ls="none", marker=style.get("marker", "o"), mfc="white", mec=color, mew=1.5,
+                    ms=7, zorder=5)
+        lows.append(lo), highs.append(hi)
+    zero = rows[rows["source"] == ZEROSHOT]
     if len(zero):
-        ax.axhline(float(zero.mean()), color="gray", ls="--", label="zero-shot")
+        z = zero.iloc[0]
+        ax.axhline(z[metric], color="gray", ls="--", lw=1.2, label="zero-shot")
+        ax.axhspan(z[f"{metric}_lo"], z[f"{metric}_hi"], color="gray", alpha=0.15, lw=0)
+        lows.append([z[f"{metric}_lo"]]), highs.append([z[f"{metric}_hi"]])
+    if lows:  # every line and interval in view
+        lo, hi = float(np.nanmin(np.concatenate(lows))), float(np.nanmax(np.concatenate(highs)))
+        pad = max(0.01, 0.08 * (hi - lo))
+        ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
     ax.set_xscale("log")
-    scales = sorted(cells["scale"].unique())
-    if scales:  # label the grid's own scales, not powers of ten
+    if len(cells):  # label the grid's own scales, not powers of ten
+        scales = sorted(cells["scale"].unique())
         ax.set_xticks(scales, [f"{s:,}" for s in scales])
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        x = cells["n_train"].to_numpy(float)
+        ax.set_xlim(min(x.min(), min(scales)) / 1.3, max(x.max(), max(scales)) * 1.3)
     ax.set_xlabel("training images")
     ax.set_ylabel("top-1 accuracy" if metric == "top1" else "mean per-class accuracy")
     ax.set_title(task)
     ax.grid(True, which="both", alpha=0.3)
 
 
-def plot_task(df: pd.DataFrame, task: str, path: str | Path, metric: str = "top1") -> None:
-    """Accuracy against the number of training images: a line per source, zero-shot as reference."""
+def _short_note(summary: pd.DataFrame, tasks: Sequence[str]) -> str | None:
+    short = summary[summary["short"] & summary["task"].isin(tasks)]
+    if not len(short):
+        return None
+    cells = ", ".join(f"{r.task}/{r.source} {r.scale} (had {r.n_train:g})" for r in short.itertuples())
+    return f"hollow markers: fewer images than the scale: {cells}"
+
+
+def plot_task(summary: pd.DataFrame, task: str, path: str | Path, metric: str = "top1") -> None:
+    """Accuracy against the number of training images: a line per source (mean over seeds with its
+    95% interval), zero-shot as a reference band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
-    _plot_axes(ax, df, task, metric)
+    _plot_axes(ax, summary, task, metric)
     ax.legend(fontsize=8)
-    fig.tight_layout()
+    note = _short_note(summary, [task])
+    if note:
+        fig.text(0.01, 0.005, note, fontsize=6, va="bottom", wrap=True)
+    fig.tight_layout(rect=(0, 0.04 if note else 0, 1, 1))
     fig.savefig(path)
     plt.close(fig)
 
 
-def plot_summary(df: pd.DataFrame, tasks: Sequence[str], path: str | Path, metric: str = "top1") -> None:
-    """All tasks side by side, like the paper's Figure 1."""
+def plot_summary(summary: pd.DataFrame, tasks: Sequence[str], path: str | Path, metric: str = "top1") -> None:
+    """All tasks side by side, like the paper's Figure 1, with intervals."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,7 +319,7 @@ def plot_summary(df: pd.DataFrame, tasks: Sequence[str], path: str | Path, metri
     rows = int(np.ceil(len(tasks) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), dpi=120, squeeze=False)
     for ax, task in zip(axes.flat, tasks):
-        _plot_axes(ax, df, task, metric)
+        _plot_axes(ax, summary, task, metric)
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
     legend = {}
@@ -101,8 +327,41 @@ def plot_summary(df: pd.DataFrame, tasks: Sequence[str], path: str | Path, metri
         for handle, label in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(label, handle)
     handles, labels = list(legend.values()), list(legend)
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
-    fig.suptitle("Synthetic vs retrieved training images")
-    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=9, frameon=False)
+    seeds = int(summary["seeds"].max()) if len(summary) else 0
+    fig.suptitle(f"Synthetic vs retrieved training images (mean of {seeds} seed{'s' if seeds != 1 else ''}, 95% intervals)")
+    note = _short_note(summary, tasks)
+    if note:
+        fig.text(0.01, 0.005, note, fontsize=7, va="bottom", wrap=True)
+    fig.tight_layout(rect=(0, 0.08 if note else 0.06, 1, 0.95))
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_paired(paired: pd.DataFrame, tasks: Sequence[str], path: str | Path, a: str, b: str) -> None:
+    """``a`` minus ``b`` on the same test images, per task and scale (across seeds, 95% intervals)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = paired[(paired["seed"] == "all") & (paired["a"] == a) & (paired["b"] == b)]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    scales = sorted(rows["scale"].unique())
+    width = 0.8 / max(1, len(tasks))
+    for i, task in enumerate(tasks):
+        r = rows[rows["task"] == task].set_index("scale").reindex(scales)
+        x = np.arange(len(scales)) + (i - (len(tasks) - 1) / 2) * width
+        y = r["diff_top1"].to_numpy(float)
+        ax.errorbar(x, y, yerr=[y - r["diff_top1_lo"].to_numpy(float), r["diff_top1_hi"].to_numpy(float) - y],
+                    ls="none", marker="o", capsize=3, label=task)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(np.arange(len(scales)), [f"{s:,}" for s in scales])
+    ax.set_xlabel("training images (scale)")
+    ax.set_ylabel(f"top-1: {a} minus {b}")
+    ax.set_title(f"{a} minus {b}, paired on the test images")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from .clip import load_clip
 from .curate import nested_subset
 from .finetune import (
+    TOP_K,
     FinetuneConfig,
     ProbeConfig,
     accuracy,
@@ -32,19 +35,22 @@ def resolve_precision(precision: str, device: str) -> str:
 
 
 def evaluate_splits(model, task: dict, splits: dict[str, pd.DataFrame], transform, cfg: dict, device: str,
-                    precision: str) -> dict:
-    """Accuracy on every configured evaluation split: ``{split: {top1, mean_per_class, n}}``."""
+                    precision: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """Accuracy on every configured evaluation split, ``{split: {top1, top5, mean_per_class, n}}``, and
+    the ranked predictions of each split's images."""
     n_classes = len(task["classnames"])
-    return {
-        name: evaluate(model, list(table["path"]), list(table["label"]), n_classes, transform,
-                       cfg["batch_size"], device, precision)
-        for name, table in splits.items()
-    }
+    results, ranked = {}, {}
+    for name, table in splits.items():
+        results[name], ranked[name] = evaluate(model, list(table["path"]), list(table["label"]), n_classes,
+                                               transform, cfg["batch_size"], device, precision)
+    return results, ranked
 
 
 def linear_probe_splits(model, task: dict, tables: dict[str, pd.DataFrame], transform, settings: dict,
-                        batch_size: int, device: str, precision: str, seed: int, log: Callable[[str], None]) -> dict:
-    """The linear-probe evaluation of the model's image tower: ``{split: {top1, mean_per_class, n}}``."""
+                        batch_size: int, device: str, precision: str, seed: int,
+                        log: Callable[[str], None]) -> tuple[dict, dict[str, np.ndarray]]:
+    """The linear-probe evaluation of the model's image tower: ``{split: {top1, top5, mean_per_class, n}}``
+    and the probe's ranked predictions per evaluated split."""
     cfg = ProbeConfig(**settings)
     n_classes = len(task["classnames"])
     train = pd.concat([tables[s] for s in cfg.train_splits], ignore_index=True)
@@ -56,12 +62,40 @@ def linear_probe_splits(model, task: dict, tables: dict[str, pd.DataFrame], tran
         return extract_features(model.visual, list(table["path"]), transform, batch_size, device, precision)
 
     head = train_probe(features(train), list(train["label"]), n_classes, cfg, seed, log, device)
-    results = {}
+    results, ranked = {}, {}
     with torch.no_grad():
         for split in cfg.eval_splits:
-            pred = head(features(tables[split])).argmax(dim=1).numpy()
-            results[split] = accuracy(pred, tables[split]["label"].to_numpy(), n_classes)
-    return results
+            logits = head(features(tables[split]))
+            ranked[split] = logits.topk(min(TOP_K, n_classes), dim=1).indices.numpy().astype(np.int32)
+            results[split] = accuracy(ranked[split], tables[split]["label"].to_numpy(), n_classes)
+    return results, ranked
+
+
+PREDICTION_SCHEMA = pa.schema([
+    ("evaluation", pa.string()),  # "classifier": the cell's model; "linear_probe": the probe on its tower
+    ("split", pa.string()),
+    ("key", pa.string()),  # the image's key in the task's split manifest
+    ("label", pa.int32()),
+    ("pred", pa.int32()),  # the top-1 class
+    ("ranked", pa.list_(pa.int32())),  # the top-5 classes, best first
+])
+
+
+def prediction_table(splits: dict[str, pd.DataFrame], ranked: dict[str, dict[str, np.ndarray]]) -> pa.Table:
+    """Per-image predictions of every evaluation (``ranked[evaluation][split]``) in one table."""
+    parts = []
+    for evaluation, by_split in ranked.items():
+        for split, order in by_split.items():
+            table = splits[split]
+            parts.append(pa.table({
+                "evaluation": pa.array([evaluation] * len(table), pa.string()),
+                "split": pa.array([split] * len(table), pa.string()),
+                "key": pa.array(table["key"].astype(str).tolist(), pa.string()),
+                "label": pa.array(table["label"].to_numpy().astype(np.int32)),
+                "pred": pa.array(order[:, 0] if len(order) else np.zeros(0, np.int32)),
+                "ranked": pa.array([row.tolist() for row in order], pa.list_(pa.int32())),
+            }, schema=PREDICTION_SCHEMA))
+    return pa.concat_tables(parts) if parts else PREDICTION_SCHEMA.empty_table()
 
 
 def _record(cell: dict, results: dict, extra: dict) -> dict:
@@ -70,6 +104,7 @@ def _record(cell: dict, results: dict, extra: dict) -> dict:
     return {
         **cell,
         "top1": test.get("top1"),
+        "top5": test.get("top5"),
         "mean_per_class": test.get("mean_per_class"),
         "val_top1": val.get("top1"),
         "val_mean_per_class": val.get("mean_per_class"),
@@ -82,13 +117,14 @@ def run_cell(
     task: dict, cell: dict, clip_cfg: dict, eval_splits: dict[str, pd.DataFrame], evaluate_cfg: dict,
     curated: pd.DataFrame | None = None, finetune_cfg: dict | None = None, log: Callable[[str], None] = print,
     probe_tables: dict[str, pd.DataFrame] | None = None,
-) -> tuple[dict, pd.DataFrame | None]:
+) -> tuple[dict, pd.DataFrame | None, pa.Table]:
     """Finetune on the cell's nested subset (or not at all for zero-shot) and evaluate.
 
     With ``evaluate_cfg['linear_probe']`` set, a linear probe on the task's own splits
     (``probe_tables``: train/val/test manifests) also measures the image tower; its test accuracy
-    becomes ``lp_top1`` / ``lp_mean_per_class``. Returns the cell's metrics record and the manifest
-    of the images it trained on.
+    becomes ``lp_top1`` / ``lp_mean_per_class``. Returns the cell's metrics record, the manifest
+    of the images it trained on (None for zero-shot) and the per-image predictions of every evaluation
+    (``PREDICTION_SCHEMA``).
     """
     start = time.time()
     device = pick_device()
@@ -106,13 +142,15 @@ def run_cell(
         log(f"finetuning on {len(subset)} images, {cfg.epochs} epochs of batch {cfg.batch_size} on {device}")
         stats = train_classifier(model, images, list(subset["label"]), transform, cfg, device, precision, log)
         extra.update(n_train=len(subset), **stats)
-    results = evaluate_splits(model, task, eval_splits, clip.preprocess_val, evaluate_cfg, device, precision)
+    results, ranked = evaluate_splits(model, task, eval_splits, clip.preprocess_val, evaluate_cfg, device, precision)
+    ranked, tables = {"classifier": ranked}, dict(eval_splits)
     log(f"evaluation: {results}")
     if evaluate_cfg.get("linear_probe") is not None:
-        probe = linear_probe_splits(model, task, probe_tables, clip.preprocess_val, evaluate_cfg["linear_probe"],
+        tables = {**probe_tables, **eval_splits}
+        probe, ranked["linear_probe"] = linear_probe_splits(model, task, probe_tables, clip.preprocess_val, evaluate_cfg["linear_probe"],
                                     evaluate_cfg["batch_size"], device, precision, cell["seed"], log)
         log(f"linear probe: {probe}")
         results["linear_probe"] = probe
         extra.update(lp_top1=probe.get("test", {}).get("top1"), lp_mean_per_class=probe.get("test", {}).get("mean_per_class"))
     extra["wall_seconds"] = round(time.time() - start, 2)
-    return _record(cell, results, extra), subset
+    return _record(cell, results, extra), subset, prediction_table(tables, ranked)

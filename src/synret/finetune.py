@@ -40,6 +40,7 @@ class FinetuneConfig:
     label_smoothing: float
     num_workers: int
     augment: str  # "open_clip": the model's train transform; "none": the eval transform
+    threads: int = 1  # CPU threads the job computes on (set by the job before torch starts; part of the result)
     seed: int = 0
     mode: str = "full"  # "full": image tower and head; "linear_probe": the head alone, on a frozen tower
 
@@ -144,21 +145,33 @@ def train_classifier(
             "train_seconds": round(time.time() - start, 2)}
 
 
+TOP_K = 5  # ranked predictions kept per image: top-1 and top-5 accuracy recompute from them
+
+
 @torch.no_grad()
+def predict(
+    model: ImageClassifier, paths: Sequence[str], transform: Callable, batch_size: int, device: str,
+    precision: str, num_workers: int = 0, k: int = TOP_K,
+) -> np.ndarray:
+    """The ``k`` highest-scoring classes of every image, best first: int array (N, min(k, classes))."""
+    model.eval()
+    loader = DataLoader(ImageDataset(list(paths), transform), batch_size=batch_size, num_workers=num_workers)
+    ranked = []
+    for x in loader:
+        with autocast(device, precision):
+            logits = model(x.to(device)).float()
+        ranked.append(logits.topk(min(k, logits.shape[1]), dim=1).indices.cpu())
+    k = min(k, model.head.out_features)
+    return torch.cat(ranked).numpy().astype(np.int32) if ranked else np.zeros((0, k), dtype=np.int32)
+
+
 def evaluate(
     model: ImageClassifier, paths: Sequence[str], labels: Sequence[int], n_classes: int, transform: Callable,
     batch_size: int, device: str, precision: str, num_workers: int = 0,
-) -> dict:
-    """Top-1 and mean per-class accuracy (the mean over classes of each class's recall)."""
-    model.eval()
-    loader = DataLoader(ImageDataset(list(paths), transform, list(labels)), batch_size=batch_size,
-                        num_workers=num_workers)
-    preds = []
-    for x, _ in loader:
-        with autocast(device, precision):
-            preds.append(model(x.to(device)).argmax(dim=1).cpu())
-    pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=int)
-    return accuracy(pred, np.asarray(labels), n_classes)
+) -> tuple[dict, np.ndarray]:
+    """Accuracy of the model on the images (see ``accuracy``) and its ranked predictions."""
+    ranked = predict(model, paths, transform, batch_size, device, precision, num_workers)
+    return accuracy(ranked, np.asarray(labels), n_classes), ranked
 
 
 @torch.no_grad()
@@ -211,9 +224,13 @@ def train_probe(features: torch.Tensor, labels: Sequence[int], n_classes: int, c
     return head.cpu()
 
 
-def accuracy(pred: np.ndarray, true: np.ndarray, n_classes: int) -> dict:
-    """Top-1 and mean per-class accuracy of predictions."""
-    correct = pred == true
+def accuracy(ranked: np.ndarray, true: np.ndarray, n_classes: int) -> dict:
+    """Top-1, top-5 and mean per-class accuracy (the mean over the classes present of each class's
+    recall) of predictions: class indices (N,) or ranked, best first (N, k)."""
+    ranked = np.asarray(ranked).reshape(len(true), -1)
+    correct = ranked[:, 0] == true
     per_class = [correct[true == c].mean() for c in range(n_classes) if (true == c).any()]
+    in_top5 = (ranked[:, :TOP_K] == np.asarray(true)[:, None]).any(axis=1)
     return {"top1": float(correct.mean()) if len(true) else float("nan"),
+            "top5": float(in_top5.mean()) if len(true) and ranked.shape[1] >= min(TOP_K, n_classes) else None,
             "mean_per_class": float(np.mean(per_class)) if per_class else float("nan"), "n": int(len(true))}

@@ -50,6 +50,20 @@ def write_json(path: str | Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_parquet(table: Any, path: str | Path) -> None:
+    """Write a pyarrow Table (or a DataFrame) as parquet atomically, zstd-compressed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not isinstance(table, pa.Table):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
 def available_cpus() -> int:
     """CPUs this process may run on (its affinity mask: a SLURM or cgroup cpuset, taskset)."""
     try:
@@ -58,8 +72,44 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def configure_threads(threads: int, workflow_cores: int | None) -> int:
+# Kernel choices pinned so that one config gives the same bits on every x86-64 machine with AVX2:
+# without them, torch picks AVX-512 kernels where the CPU has them (ATen), MKL its own code path
+# per CPU, oneDNN its widest ISA, and the sums they compute round differently (measured: one AdamW
+# step of the tiny CLIP changes its weights under each of the three). AVX2 is what the demo's 2-core
+# machines all have; on a GPU none of this touches the arithmetic.
+PINNED_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def pin_kernels() -> dict[str, str]:
+    """Pin the CPU kernels torch, MKL and oneDNN use to AVX2 (where the CPU has it); a variable the
+    user set is kept, and ``SYNRET_NATIVE_KERNELS=1`` leaves the libraries their own choice."""
+    if os.environ.get("SYNRET_NATIVE_KERNELS") or not {"avx2", "fma"} <= _cpu_flags():
+        return {}
+    pinned = {}
+    for var, value in PINNED_KERNELS.items():
+        pinned[var] = os.environ.setdefault(var, value)
+    return pinned
+
+
+def configure_threads(threads: int, workflow_cores: int | None, compute_threads: int | None = None) -> int:
     """Set the CPU threads of this job; call it before torch is imported. Returns the thread count.
+
+    ``compute_threads`` (training jobs): exactly this many threads, whatever the scheduler and the
+    machine say. Training on a CPU is not the same to the bit on one thread and on two (gradient
+    reductions split by thread), so the count is part of the result and comes from the config.
+    Inference is (measured for CLIP, the UNet, the VAE and faiss on 1-3 threads), so other jobs size
+    their threads to the machine:
 
     Snakemake hands a job ``threads`` out of ``--cores``, which may promise more cores than the machine
     has (`--cores 8` on 2 CPUs). A job that holds every core of the workflow gets every CPU, with
@@ -70,9 +120,13 @@ def configure_threads(threads: int, workflow_cores: int | None) -> int:
     """
     if "torch" in sys.modules:
         raise RuntimeError("configure_threads must run before torch is imported")
+    pin_kernels()
     cpus = available_cpus()
     exclusive = workflow_cores is not None and threads >= workflow_cores
-    if exclusive:
+    if compute_threads:
+        n = int(compute_threads)
+        exclusive = exclusive and n <= cpus
+    elif exclusive:
         n = min(int(threads), cpus)
     else:
         share = min(1.0, cpus / workflow_cores) if workflow_cores else 1.0
@@ -80,9 +134,13 @@ def configure_threads(threads: int, workflow_cores: int | None) -> int:
     os.environ["OMP_WAIT_POLICY"] = "ACTIVE" if exclusive else "PASSIVE"
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(n)
+    # cuBLAS needs a fixed workspace to be deterministic (read when CUDA starts)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     import torch
 
     torch.set_num_threads(n)
+    torch.backends.cudnn.benchmark = False  # autotuning picks kernels by timing: not reproducible
+    torch.backends.cudnn.deterministic = True
     return n
 
 
@@ -107,9 +165,11 @@ def run_job(smk: Any, main: Callable[[Any, Callable[[str], None]], None], uses_t
 
     if uses_torch:
         cores = int(os.environ.get("SYNRET_WORKFLOW_CORES") or smk.resources.get("_cores") or 0) or None
-        n = configure_threads(smk.threads, cores)
-        log(f"{n} CPU thread(s), OpenMP wait policy {os.environ['OMP_WAIT_POLICY']} "
-            f"(job threads {smk.threads} of {cores} workflow cores)")
+        compute = getattr(smk.params, "compute_threads", None)
+        n = configure_threads(smk.threads, cores, compute)
+        kernels = ", ".join(f"{k}={os.environ[k]}" for k in PINNED_KERNELS if k in os.environ) or "native kernels"
+        log(f"{n} CPU thread(s){' (fixed by the config)' if compute else ''}, OpenMP wait policy "
+            f"{os.environ['OMP_WAIT_POLICY']} (job threads {smk.threads} of {cores} workflow cores); {kernels}")
     # a local GPU job gets GPUs of its own (CUDA_VISIBLE_DEVICES); the locks are held until the job ends
     gpus = assign_local_gpus(smk.resources, log=log)  # noqa: F841
     try:

@@ -1,0 +1,160 @@
+"""Tests of synret.stats on constructed predictions with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from synret.stats import (
+    BootstrapConfig,
+    cell_interval,
+    class_means,
+    seed_image_interval,
+    mcnemar_exact,
+    mean_per_class,
+    paired_difference,
+)
+
+CFG = BootstrapConfig(resamples=2000, confidence=0.95, seed=0)
+
+
+def _predictions(n=600, classes=6, accuracy=0.4, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    return rng.random(n) < accuracy, labels
+
+
+def test_mean_per_class_known_values():
+    correct = np.array([1, 1, 0, 0, 0, 1], float)
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    # class recalls 2/3, 0, 1
+    assert mean_per_class(correct, labels, 3) == pytest.approx((2 / 3 + 0 + 1) / 3)
+    # vectorised over a batch axis, and a class absent from a row is left out, not counted as 0
+    batch = np.stack([correct, correct])
+    assert mean_per_class(batch, np.stack([labels, labels]), 4) == pytest.approx([(2 / 3 + 0 + 1) / 3] * 2)
+    weights = np.array([1, 1, 1, 0, 0, 1], float)  # class 1 dropped by a resample
+    assert np.nanmean(class_means(correct, labels, 3, weights)) == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_cell_interval_contains_estimate_and_matches_binomial_width():
+    correct, labels = _predictions(n=1000, accuracy=0.3)
+    out = cell_interval(correct, labels, 6, CFG, "task", "source", 10, 0)
+    assert out["top1"] == pytest.approx(correct.mean())
+    assert out["top1_lo"] < out["top1"] < out["top1_hi"]
+    assert out["mean_per_class_lo"] < out["mean_per_class"] < out["mean_per_class_hi"]
+    # the normal-approximation binomial interval is +-1.96 * sqrt(p(1-p)/n)
+    half = 1.96 * np.sqrt(0.3 * 0.7 / 1000)
+    assert (out["top1_hi"] - out["top1_lo"]) / 2 == pytest.approx(half, rel=0.15)
+    # the same name gives the same resamples; another name other ones
+    assert cell_interval(correct, labels, 6, CFG, "task", "source", 10, 0) == out
+    assert cell_interval(correct, labels, 6, CFG, "task", "source", 10, 1)["top1_lo"] != pytest.approx(out["top1_lo"], abs=0)
+
+
+def test_cell_interval_degenerate_cell():
+    labels = np.arange(50) % 5
+    out = cell_interval(np.ones(50, bool), labels, 5, CFG, "all right")
+    assert (out["top1"], out["top1_lo"], out["top1_hi"]) == (1.0, 1.0, 1.0)
+
+
+def test_identical_sources_differ_by_zero():
+    correct, labels = _predictions()
+    out = paired_difference(correct, correct, labels, 6, CFG, "same")
+    assert out["diff_top1"] == 0 and out["diff_top1_lo"] == 0 and out["diff_top1_hi"] == 0
+    assert out["a_only"] == out["b_only"] == 0 and out["mcnemar_p"] == 1.0
+    # across seeds, the same seeds on both sides: centred on zero, and it covers zero
+    rng = np.random.default_rng(1)
+    seeds = rng.random((3, len(labels))) < 0.4
+    across = seed_image_interval(seeds, labels, 6, CFG, "same", baseline=seeds)
+    assert across["top1"] == 0
+    assert across["top1_lo"] < 0 < across["top1_hi"]
+    assert abs(across["top1_lo"] + across["top1_hi"]) < 0.01
+
+
+def test_one_source_right_wherever_the_other_is_wrong():
+    labels = np.arange(40) % 4
+    a = np.zeros(40, bool)
+    a[:12] = True  # right on 12 images
+    b = np.zeros(40, bool)  # wrong everywhere
+    out = paired_difference(a, b, labels, 4, CFG, "dominates")
+    assert (out["a_only"], out["b_only"]) == (12, 0)
+    assert out["mcnemar_p"] == pytest.approx(2 * 0.5 ** 12)  # exact McNemar: two-sided binomial tail
+    assert out["diff_top1"] == pytest.approx(12 / 40)
+    assert out["diff_top1_lo"] > 0
+    # the reverse comparison is the mirror image
+    back = paired_difference(b, a, labels, 4, CFG, "dominates")
+    assert back["mcnemar_p"] == out["mcnemar_p"] and back["diff_top1"] == -out["diff_top1"]
+
+
+@pytest.mark.parametrize("a_only, b_only", [(7, 2), (0, 0), (30, 25), (1, 9)])
+def test_mcnemar_exact_against_binomial_tail(a_only, b_only):
+    n = a_only + b_only
+    if n == 0:
+        assert mcnemar_exact(0, 0) == 1.0
+        return
+    k = min(a_only, b_only)
+    tail = sum(scipy_stats.binom.pmf(i, n, 0.5) for i in range(k + 1))
+    assert mcnemar_exact(a_only, b_only) == pytest.approx(min(1.0, 2 * tail))
+
+
+def test_one_seed_is_the_image_bootstrap():
+    correct, labels = _predictions(n=800, accuracy=0.35, seed=3)
+    across = seed_image_interval(correct[None], labels, 6, CFG, "one seed")
+    plain = cell_interval(correct, labels, 6, CFG, "one seed")
+    assert np.isinf(across["top1_df"])  # no seed part: the normal quantile
+    for key in ("top1_lo", "top1_hi", "mean_per_class_lo", "mean_per_class_hi"):
+        assert across[key] == pytest.approx(plain[key], abs=0.006)
+
+
+def test_few_seeds_that_dominate_get_the_t_quantile():
+    labels = np.arange(20000) % 4
+    rng = np.random.default_rng(2)
+    base = rng.random(20000)
+    correct = np.stack([base < p for p in (0.3, 0.45, 0.6)])  # 20k images: the seeds' spread dominates
+    out = seed_image_interval(correct, labels, 4, CFG, "seeds")
+    assert 2 <= out["top1_df"] < 2.2
+    per_seed = correct.mean(axis=1)
+    t_half = scipy_stats.t.ppf(0.975, 2) * per_seed.std(ddof=1) / np.sqrt(3)
+    assert (out["top1_hi"] - out["top1_lo"]) / 2 == pytest.approx(t_half, rel=0.05)
+
+
+def test_seed_image_interval_grows_with_the_seed_spread():
+    labels = np.arange(900) % 9
+    rng = np.random.default_rng(5)
+    base = rng.random(900)
+    alike = np.stack([base < 0.5] * 3)
+    spread = np.stack([base < p for p in (0.3, 0.5, 0.7)])  # same mean, seeds far apart
+    narrow = seed_image_interval(alike, labels, 9, CFG, "x")
+    wide = seed_image_interval(spread, labels, 9, CFG, "x")
+    assert narrow["top1"] == pytest.approx(wide["top1"], abs=0.02)
+    assert (wide["top1_hi"] - wide["top1_lo"]) > 2 * (narrow["top1_hi"] - narrow["top1_lo"])
+
+
+def test_seed_image_interval_covers_under_seed_and_image_noise():
+    """Coverage of the across-seeds interval when both factors vary: near nominal for the two-part
+    interval, far under it for an image-only bootstrap (why the seeds get their own part)."""
+    rng = np.random.default_rng(11)
+    cfg = BootstrapConfig(resamples=400, confidence=0.9, seed=0)
+    n_seeds, n_images, truth, trials = 3, 300, 0.5, 150
+    covered_both = covered_images = 0
+    for trial in range(trials):
+        difficulty = rng.normal(0, 1.0, n_images)  # the test set: a fresh draw of images
+        shift = rng.normal(0, 0.25, n_seeds)  # the training runs: a fresh draw of seeds
+        logits = difficulty[None, :] + shift[:, None]
+        correct = rng.random((n_seeds, n_images)) < 1 / (1 + np.exp(-logits))
+        labels = np.arange(n_images) % 3
+        both = seed_image_interval(correct, labels, 3, cfg, trial)
+        covered_both += both["top1_lo"] <= truth <= both["top1_hi"]
+        pooled = correct.mean(axis=0)  # seeds averaged, then an image bootstrap
+        images = rng.integers(0, n_images, (cfg.resamples, n_images))
+        lo, hi = np.quantile(pooled[images].mean(axis=1), [0.05, 0.95])
+        covered_images += lo <= truth <= hi
+    assert covered_both / trials >= 0.85  # 90% nominal; three seeds leave the seed part itself uncertain
+    assert covered_images / trials < 0.75
+
+
+def test_bootstrap_config_checks():
+    with pytest.raises(ValueError, match="aggregate.bootstrap.resamples"):
+        BootstrapConfig(resamples=10)
+    with pytest.raises(ValueError, match="aggregate.bootstrap.confidence"):
+        BootstrapConfig(confidence=1.0)
