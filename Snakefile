@@ -38,6 +38,16 @@ include: "rules/finetune.smk"
 include: "rules/aggregate.smk"
 
 
+# short torch jobs run in a fork server that imported the libraries once (synret.jobserver); it
+# exits when the run does, or when idle
+onsuccess:
+    stop_job_server()
+
+
+onerror:
+    stop_job_server()
+
+
 rule all:
     default_target: True
     input:

@@ -48,6 +48,12 @@ SEEDS = config["seeds"]
 WORLD = config["world"]
 
 
+def stop_job_server():
+    from synret.jobserver import shutdown
+
+    shutdown()
+
+
 def one_of(names):
     """A wildcard constraint matching exactly these names (none: a pattern that matches nothing)."""
     return "|".join(re.escape(name) for name in names) or "(?!)"

@@ -3,6 +3,7 @@ temporary working directory. Shared by the local end-to-end tests and the SLURM 
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -22,15 +23,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def snakemake(workdir: Path, *args: str, overlays: list[dict] = (), timeout: int = 1200) -> subprocess.CompletedProcess:
-    """Run snakemake on the smoke config (plus overlay dicts) in ``workdir``."""
+def snakemake(workdir: Path, *args: str, overlays: list[dict] = (), timeout: int = 1200,
+              env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run snakemake on the smoke config (plus overlay dicts) in ``workdir`` (``env``: added variables)."""
     files = [str(SMOKE), str(workdir / "port.yaml")]
     for i, overlay in enumerate(overlays):
         path = workdir / f"overlay{i}.yaml"
         path.write_text(yaml.safe_dump(overlay))
         files.append(str(path))
     cmd = SNAKEMAKE + ["--directory", str(workdir), "--configfile", *files, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **env} if env else None)
 
 
 def local_smoke_run(workdir: Path) -> tuple[Path, float]:

@@ -170,15 +170,19 @@ REPRODUCIBLE = [  # what must be the same to the bit whatever --cores is and wha
 
 def test_same_bits_whatever_the_cores(smoke_run, tmp_path):
     """A second run at --cores 8 on this machine (jobs share the CPUs, each on fewer threads than the
-    --cores 2 run gave them) reproduces every model, shard, manifest, prediction and table exactly."""
+    --cores 2 run gave them), each job in a fresh process instead of the fork server, reproduces every
+    model, shard, manifest, prediction and table exactly."""
     import hashlib
 
     workdir, _ = smoke_run
     other = tmp_path / "other"
     other.mkdir()
     (other / "port.yaml").write_text((workdir / "port.yaml").read_text())  # the same pool URLs
-    proc = snakemake(other, "--cores", "8", "results/tables/all.csv")
+    proc = snakemake(other, "--cores", "8", "results/tables/all.csv", env={"SYNRET_JOB_SERVER": "0"})
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    served = [p for p in (workdir / "logs").rglob("*.log") if "served by the job server" in p.read_text()]
+    assert len(served) > 10, "the first run's short torch jobs ran in the fork server"
+    assert not [p for p in (other / "logs").rglob("*.log") if "served by the job server" in p.read_text()]
 
     def digests(root: Path) -> dict[str, str]:
         return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()

@@ -1,13 +1,14 @@
 """Filter and dedup one source of a task; write its per-image manifest and a summary."""
 
-import pandas as pd
-import pyarrow.parquet as pq
-
-from synret.tasks import read_task
-from synret.workflow import run_job, write_json
+from synret.workflow import run_job
 
 
 def main(smk, log):
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from synret.tasks import read_task
+    from synret.workflow import write_json
     from synret.cells import resolve_precision
     from synret.clip import load_clip  # torch: import after run_job set the threads
     from synret.curate import curate, retrieved_rows, synthetic_rows
@@ -30,4 +31,4 @@ def main(smk, log):
     log(f"kept {summary['kept']} of {summary['candidates']}; dropped {summary['dropped']}")
 
 
-run_job(snakemake, main)
+run_job(snakemake, main, job_server=True)  # a short job: runs in the workflow's fork server

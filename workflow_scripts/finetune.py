@@ -1,13 +1,14 @@
 """Run one cell of the grid (finetune + evaluate, or zero-shot evaluation) and write its metrics."""
 
-import pyarrow.parquet as pq
-
-from synret.tasks import read_task
-from synret.workflow import run_job, write_json, write_parquet
+from synret.workflow import run_job
 
 
 def main(smk, log):
-    from synret.cells import run_cell  # torch: import after run_job set the threads
+    import pyarrow.parquet as pq
+
+    from synret.cells import run_cell  # torch: after run_job set the threads
+    from synret.tasks import read_task
+    from synret.workflow import write_json, write_parquet
 
     task = read_task(smk.input.task)
     wc = smk.wildcards
@@ -29,4 +30,4 @@ def main(smk, log):
     write_json(smk.output.metrics, record)
 
 
-run_job(snakemake, main)
+run_job(snakemake, main, job_server=True)  # a short job: runs in the workflow's fork server

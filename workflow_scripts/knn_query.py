@@ -1,15 +1,16 @@
 """Query the kNN index with every class's text queries (text-to-image and text-to-text): a local
 faiss folder (pool.knn_index) or a running clip-retrieval back (pool.knn_service)."""
 
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
-from synret.knn import KnnIndex, knn_hits, service_hits
-from synret.knn_client import KnnServiceClient
 from synret.workflow import run_job
 
 
 def main(smk, log):
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from synret.knn import KnnIndex, knn_hits, service_hits
+    from synret.knn_client import KnnServiceClient
+
     queries = pq.read_table(smk.input.queries)
     queries = queries.filter(pc.equal(queries.column("kind"), "knn"))
     knn = smk.params.knn
@@ -34,4 +35,4 @@ def main(smk, log):
     log(f"{len(texts)} queries x {knn['modalities']} x k={knn['k']}: {hits.num_rows} hits")
 
 
-run_job(snakemake, main)
+run_job(snakemake, main, job_server=True)  # a short job: runs in the workflow's fork server

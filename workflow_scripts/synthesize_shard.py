@@ -1,12 +1,12 @@
 """Generate one shard of a task's synthetic images."""
 
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
-from synret.workflow import run_job, write_json
+from synret.workflow import run_job
 
 
 def main(smk, log):
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     from synret.synthesize import generate_shard, load_pipeline  # torch: import after run_job set the threads
 
     prompts = pq.read_table(smk.input.prompts)
@@ -18,4 +18,4 @@ def main(smk, log):
     log(f"{stats}")
 
 
-run_job(snakemake, main)
+run_job(snakemake, main, job_server=True)  # a short job: runs in the workflow's fork server

@@ -1,14 +1,14 @@
 """Embed the demo pool with its CLIP and write kNN indices in clip-retrieval's folder layout."""
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from synret.knn import write_index_folder
 from synret.workflow import run_job
 
 
 def main(smk, log):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from synret.knn import write_index_folder
     from synret.clip import encode_texts, load_clip  # torch: import after run_job set the threads
     from synret.embed import embed_images
 
@@ -23,4 +23,4 @@ def main(smk, log):
     write_index_folder(smk.output[0], image_emb, text_emb, metadata, factory=smk.params.factory)
 
 
-run_job(snakemake, main)
+run_job(snakemake, main, job_server=True)  # a short job: runs in the workflow's fork server

@@ -118,7 +118,9 @@ def configure_threads(threads: int, workflow_cores: int | None, compute_threads:
     passively waiting threads: measured on 2 CPUs under `--cores 8`, spinning threads made concurrent
     torch jobs 25x slower, and generation jobs with two passive threads each used ~4x the CPU time of one.
     """
-    if "torch" in sys.modules:
+    from .jobserver import in_child
+
+    if "torch" in sys.modules and not in_child():  # a served job's server imported it, pinned and idle
         raise RuntimeError("configure_threads must run before torch is imported")
     pin_kernels()
     cpus = available_cpus()
@@ -131,6 +133,8 @@ def configure_threads(threads: int, workflow_cores: int | None, compute_threads:
     else:
         share = min(1.0, cpus / workflow_cores) if workflow_cores else 1.0
         n = max(1, min(cpus, int(threads * share)))
+    if in_child():
+        exclusive = False  # the server's OpenMP started with passive waits
     os.environ["OMP_WAIT_POLICY"] = "ACTIVE" if exclusive else "PASSIVE"
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(n)
@@ -152,16 +156,32 @@ def usage() -> str:
     return f"{cpu:.1f} CPU s, peak RSS {peak_mib:.0f} MiB"
 
 
-def run_job(smk: Any, main: Callable[[Any, Callable[[str], None]], None], uses_torch: bool = True) -> None:
-    """Run an adapter's ``main(snakemake, log)`` with logging, threads and clean error messages."""
+def run_job(smk: Any, main: Callable[[Any, Callable[[str], None]], None], uses_torch: bool = True,
+            job_server: bool = False) -> None:
+    """Run an adapter's ``main(snakemake, log)`` with logging, threads and clean error messages.
+
+    ``job_server``: a short torch job runs in a child of the workflow's fork server, which imported
+    the libraries once (see ``synret.jobserver``), wherever that is enabled; else in this process.
+    """
     log_path = smk.log[0] if len(smk.log) else None
     stream = open(log_path, "a", buffering=1) if log_path else sys.stderr
-    if log_path:
-        sys.stdout = sys.stderr = stream
     start = time.time()
 
     def log(message: str) -> None:
         print(f"[{time.time() - start:7.1f}s] {message}", file=stream, flush=True)
+
+    if job_server and uses_torch:
+        from . import jobserver
+
+        if jobserver.enabled():
+            status = jobserver.delegate(log)
+            if status is not None:
+                stream.flush()
+                sys.exit(status)
+    if log_path:
+        sys.stdout = sys.stderr = stream
+    if uses_torch and "torch" in sys.modules and os.environ.get("SYNRET_JOB_SERVER_CHILD"):
+        log(f"served by the job server (pid {os.getpid()}, forked from {os.getppid()})")
 
     if uses_torch:
         cores = int(os.environ.get("SYNRET_WORKFLOW_CORES") or smk.resources.get("_cores") or 0) or None
