@@ -11,10 +11,12 @@ rule aggregate:
         metrics=cell_files("metrics.json"),
         predictions=cell_files("predictions.parquet"),
         tasks=expand("results/tasks/{task}/task.json", task=TASKS),
+        curated=expand("results/curated/{task}/{source}/summary.json", task=TASKS, source=SOURCES),
     output:
         table="results/tables/all.csv",
         summary_table="results/tables/summary.csv",
         paired_table="results/tables/paired.csv",
+        sources_table="results/tables/sources.csv",
         plots=expand("results/plots/{task}.png", task=TASKS),
         summary="results/plots/summary.png",
         paired="results/plots/paired.png",

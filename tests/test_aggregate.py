@@ -26,6 +26,7 @@ from synret.aggregate import (
     plot_task,
     read_predictions,
     rounded,
+    source_table,
     summarize,
     with_cell_intervals,
     write_csv,
@@ -320,3 +321,22 @@ def test_plot_summary_and_paired(grid, tmp_path):
     paired_path = tmp_path / "paired.png"
     plot_paired(compare(table, preds, GRID["sources"], BOOT), ["shapes", "colors"], paired_path, "retrieved", "synthetic")
     _assert_png(paired_path, (400, 300))
+
+
+def test_source_table_reports_label_fidelity_next_to_zero_shot(grid, tmp_path):
+    table, _ = grid
+    summaries = {}
+    for task in ("shapes", "colors"):
+        for source, fidelity in (("synthetic", 0.31), ("retrieved", 0.52)):
+            path = tmp_path / f"{task}-{source}.json"
+            dropped = {"clip_score": 40} if source == "synthetic" else {"clip_score": 30, "download_failed": 7}
+            path.write_text(json.dumps({"candidates": 100, "kept": 60, "dropped": dropped, "label_fidelity": fidelity,
+                                        "label_fidelity_kept": fidelity + 0.1, "mean_clip_score_kept": 0.2}))
+            summaries[(task, source)] = path
+    sources = source_table(summaries, table)
+    assert list(sources.columns[:8]) == ["task", "source", "candidates", "kept", "label_fidelity",
+                                         "label_fidelity_kept", "zeroshot_test_top1", "mean_clip_score_kept"]
+    assert len(sources) == 4
+    row = sources[(sources["task"] == "colors") & (sources["source"] == "synthetic")].iloc[0]
+    assert row["label_fidelity"] == 0.31 and row["zeroshot_test_top1"] == pytest.approx(0.30)
+    assert row["dropped_clip_score"] == 40 and row["dropped_download_failed"] == 0

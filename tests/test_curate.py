@@ -104,6 +104,17 @@ def test_curate_reasons_and_manifest(curation_inputs, tiny_clip_dir):
     assert df["drop_reason"].isna().equals(df["kept"])
     assert summary["kept"] == 24
     assert summary["dropped"] == {"clip_score": 24, "duplicate_image": 1, "near_duplicate_of_eval": 1}
+    # label fidelity: the task's zero-shot class of every image, and the share that agrees with its label
+    from synret.clip import zero_shot_weights
+    from synret.embed import embed_images
+    from synret.shards import read_images
+
+    data = read_images(df["shard"].iloc[0], df["member"])
+    by_hand = (embed_images(clip, [data[m] for m in df["member"]]) @ zero_shot_weights(
+        clip, task["classnames"], task["filter_templates"]).numpy().T).argmax(axis=1)
+    assert df["zeroshot_label"].tolist() == by_hand.tolist()
+    assert summary["label_fidelity"] == pytest.approx((by_hand == df["label"]).mean())
+    assert summary["label_fidelity_kept"] == pytest.approx((by_hand[df["kept"]] == df.loc[df["kept"], "label"]).mean())
 
 
 def test_curate_with_clip_descriptor_runs(curation_inputs, tiny_clip_dir):

@@ -88,6 +88,21 @@ def test_summary_and_paired_tables(smoke_run):
     assert 0 <= row["mcnemar_p"] <= 1
 
 
+def test_sources_table(smoke_run):
+    """Per task and source: what the stages found and kept, and how often the kept images' labels are
+    what the world CLIP sees in them."""
+    workdir, _ = smoke_run
+    cfg = smoke_config()
+    sources = pd.read_csv(workdir / "results" / "tables" / "sources.csv")
+    assert len(sources) == len(cfg["tasks"]) * len(cfg["sources"])
+    assert (sources["kept"] <= sources["candidates"]).all() and (sources["kept"] > 0).all()
+    for column in ("label_fidelity", "label_fidelity_kept"):
+        assert sources[column].between(0, 1).all()
+    zeroshot = pd.read_csv(workdir / "results" / "tables" / "all.csv").query("source == 'zeroshot'")
+    merged = sources.merge(zeroshot[["task", "top1"]], on="task")
+    assert (merged["zeroshot_test_top1"] == merged["top1"]).all()
+
+
 def test_every_cell_keeps_its_per_image_predictions(smoke_run):
     workdir, _ = smoke_run
     cfg = smoke_config()
@@ -165,6 +180,7 @@ REPRODUCIBLE = [  # what must be the same to the bit whatever --cores is and wha
     "results/cells/**/train_manifest.parquet",
     "results/tables/summary.csv",
     "results/tables/paired.csv",
+    "results/tables/sources.csv",
 ]
 
 

@@ -9,6 +9,7 @@ from synret.aggregate import (
     plot_paired,
     plot_summary,
     plot_task,
+    source_table,
     summarize,
     with_cell_intervals,
     write_csv,
@@ -31,6 +32,8 @@ def main(smk, log):
     write_csv(table, smk.output.table)
     write_csv(summary, smk.output.summary_table)
     write_csv(paired, smk.output.paired_table)
+    sources = [(task, source) for task in grid["tasks"] for source in grid["sources"]]
+    write_csv(source_table(dict(zip(sources, smk.input.curated)), table), smk.output.sources_table)
 
     for task, path in zip(grid["tasks"], smk.output.plots):
         plot_task(summary, task, path)

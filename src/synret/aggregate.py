@@ -39,6 +39,10 @@ PAIRED_COLUMNS = [
     "task", "scale", "a", "b", "seed", "n_test", "diff_top1", "diff_top1_lo", "diff_top1_hi",
     "diff_mean_per_class", "diff_mean_per_class_lo", "diff_mean_per_class_hi", "a_only", "b_only", "mcnemar_p",
 ]
+SOURCE_COLUMNS = [
+    "task", "source", "candidates", "kept", "label_fidelity", "label_fidelity_kept", "zeroshot_test_top1",
+    "mean_clip_score_kept",
+]
 ACCURACY_DECIMALS = 4
 SOURCE_STYLE = {
     "retrieved": {"color": "#1f77b4", "marker": "o", "label": "retrieved (real)"},
@@ -208,6 +212,26 @@ def compare(table: pd.DataFrame, preds: Predictions, sources: Sequence[str], boo
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
 
+def source_table(summaries: dict[tuple[str, str], str | Path], table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (task, source) from the curation summaries: candidates, kept, dropped by reason,
+    label fidelity (the share of images the task's zero-shot CLIP assigns to their label, of all
+    candidates and of the kept ones) next to that CLIP's own test accuracy."""
+    zeroshot = table[table["source"] == ZEROSHOT].set_index("task")["top1"]
+    rows = []
+    for (task, source), path in summaries.items():
+        summary = json.loads(Path(path).read_text())
+        rows.append({
+            "task": task, "source": source, "candidates": summary["candidates"], "kept": summary["kept"],
+            "label_fidelity": summary.get("label_fidelity"), "label_fidelity_kept": summary.get("label_fidelity_kept"),
+            "zeroshot_test_top1": zeroshot.get(task), "mean_clip_score_kept": summary.get("mean_clip_score_kept"),
+            **{f"dropped_{reason}": n for reason, n in sorted(summary.get("dropped", {}).items())},
+        })
+    df = pd.DataFrame(rows)
+    dropped = sorted(c for c in df.columns if c.startswith("dropped_"))
+    df[dropped] = df[dropped].fillna(0).astype(int)
+    return df[SOURCE_COLUMNS + dropped].sort_values(["task", "source"], kind="stable").reset_index(drop=True)
+
+
 def rounded(df: pd.DataFrame) -> pd.DataFrame:
     """The table as written: accuracies to 4 decimals, p-values to 4 significant digits, seconds to 0.1."""
     out = df.copy()
@@ -243,10 +267,12 @@ def _plot_axes(ax, summary: pd.DataFrame, task: str, metric: str) -> None:
     rows = summary[summary["task"] == task]
     cells = rows[rows["source"] != ZEROSHOT]
     lows, highs = [], []
-    for source, group in cells.groupby("source", sort=True):
+    groups = list(cells.groupby("source", sort=True))
+    for i, (source, group) in enumerate(groups):
         group = group.sort_values("scale")
         style = SOURCE_STYLE.get(source, {"label": source})
-        x, y = group["n_train"].to_numpy(float), group[metric].to_numpy(float)
+        dodge = 1 + 0.04 * (i - (len(groups) - 1) / 2)  # side by side on the log axis, so no interval hides another
+        x, y = group["n_train"].to_numpy(float) * dodge, group[metric].to_numpy(float)
         lo, hi = group[f"{metric}_lo"].to_numpy(float), group[f"{metric}_hi"].to_numpy(float)
         line = ax.errorbar(x, y, yerr=[y - lo, hi - y], marker=style.get("marker", "o"), color=style.get("color"),
                            capsize=3, lw=1.5, label=style["label"])

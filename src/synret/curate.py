@@ -24,7 +24,7 @@ from .shards import content_hash, decode_image, read_images
 
 MANIFEST_COLUMNS = [
     "key", "label", "classname", "source", "origin", "query", "methods", "shard", "member", "sha256",
-    "clip_score", "dedup_similarity", "dedup_match", "kept", "drop_reason",
+    "clip_score", "zeroshot_label", "dedup_similarity", "dedup_match", "kept", "drop_reason",
 ]
 
 
@@ -158,12 +158,23 @@ def curate(
     text = zero_shot_weights(clip, task["classnames"], task["filter_templates"], device=device).numpy()
     rows["clip_score"] = np.einsum("nd,nd->n", np.nan_to_num(emb), text[rows["label"].to_numpy()])
     rows.loc[rows["shard"].isna(), "clip_score"] = np.nan
+    # label fidelity: the class the task's own zero-shot classifier (its templates) gives each image
+    classifier = zero_shot_weights(clip, task["classnames"], task.get("templates") or task["filter_templates"],
+                                   device=device).numpy()
+    predicted = pd.Series((np.nan_to_num(emb) @ classifier.T).argmax(axis=1), index=rows.index, dtype="Int64")
+    rows["zeroshot_label"] = predicted.where(rows["shard"].notna())
     f = cfg["filter"]
     for label, group in rows[rows["drop_reason"].isna()].groupby("label"):
         keep = class_filter(group["clip_score"], f["top_fraction"], f.get("min_score"), f.get("max_per_class"))
         rows.loc[keep.index[~keep], "drop_reason"] = "clip_score"
     rows["kept"] = rows["drop_reason"].isna()
     return pa.Table.from_pandas(rows[MANIFEST_COLUMNS], preserve_index=False), summarize(rows, task)
+
+
+def label_fidelity(rows: pd.DataFrame) -> float | None:
+    """The share of images (with an image) whose zero-shot class is their label."""
+    have = rows[rows["zeroshot_label"].notna()]
+    return float((have["zeroshot_label"] == have["label"]).mean()) if len(have) else None
 
 
 def summarize(rows: pd.DataFrame, task: dict) -> dict:
@@ -174,6 +185,8 @@ def summarize(rows: pd.DataFrame, task: dict) -> dict:
         "dropped": {str(k): int(v) for k, v in rows["drop_reason"].value_counts().sort_index().items()},
         "kept_per_class": {task["classnames"][int(k)]: int(v) for k, v in kept["label"].value_counts().sort_index().items()},
         "mean_clip_score_kept": float(kept["clip_score"].mean()) if len(kept) else None,
+        "label_fidelity": label_fidelity(rows),
+        "label_fidelity_kept": label_fidelity(kept),
     }
 
 
