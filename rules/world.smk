@@ -62,7 +62,7 @@ if WORLD:
         benchmark:
             "results/benchmarks/world/generator.tsv"
         params:
-            train=canonical({**WORLD["generator"], "seed": WORLD["seed"]}),
+            train=canonical({"seed": WORLD["seed"], **WORLD["generator"]}),
             compute_threads=WORLD["threads"],
         threads: 8
         resources:

@@ -185,3 +185,46 @@ def test_dpm_solver_samples_finite(trained, thresholding):
     images = pipe(["a blue square"], num_inference_steps=4, guidance_scale=3.0, height=32, width=32,
                   generator=torch.Generator().manual_seed(0), output_type="np").images
     assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()
+
+
+def test_timesteps_uniform_or_weighted_to_noise():
+    from synret.world.generator import sample_timesteps
+
+    uniform = GeneratorConfig(unet_batch_size=4000)
+    noisy = GeneratorConfig(unet_batch_size=4000, timestep_logit_mean=1.0)
+    t_uniform = sample_timesteps(uniform, torch.Generator().manual_seed(0))
+    t_noisy = sample_timesteps(noisy, torch.Generator().manual_seed(0))
+    for t in (t_uniform, t_noisy):
+        assert t.dtype == torch.long and t.min() >= 0 and t.max() <= 999
+    assert abs(t_uniform.float().mean().item() - 499.5) < 15
+    # sigmoid(N(1, 1)) has mean ~0.70: two thirds of the batch on the noisier half
+    assert 660 < t_noisy.float().mean().item() < 740 and (t_noisy >= 500).float().mean() > 0.8
+
+
+def test_generator_options(clip_dir, clip, tmp_path):
+    """The caption filter keeps the best-matching pairs; the VAE takes the configured GroupNorm groups."""
+    from diffusers import StableDiffusionPipeline
+
+    from synret.world.generator import caption_match
+
+    images, captions = _square_images(64)
+    captions = [c if i % 2 else f"IMG_{i}.jpg" for i, c in enumerate(captions)]  # half off-topic
+    cfg = GeneratorConfig(vae_steps=3, unet_steps=3, vae_batch_size=8, unet_batch_size=8, log_every=2,
+                          caption_filter_top=0.25, vae_norm_num_groups=4, timestep_logit_mean=1.0)
+    lines: list[str] = []
+    stats = train_generator(images, captions, clip_dir, str(tmp_path / "g"), cfg, log=lines.append)
+    match = caption_match(clip, images, captions)
+    assert stats["caption_match_kept"] == 16 == stats["n_images"]
+    assert stats["caption_match_cut"] == pytest.approx(np.quantile(match, 0.75))
+    assert any(line.startswith("caption filter: kept 16 of 64") for line in lines)
+    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "g"))
+    assert pipe.vae.config.norm_num_groups == 4
+
+
+def test_frozen_text_encoder_is_the_clips(trained, clip):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(trained[0])
+    for (name, ours), theirs in zip(pipe.text_encoder.state_dict().items(),
+                                    text_encoder_from_clip(clip.model).state_dict().values()):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=name)

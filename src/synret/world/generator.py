@@ -179,6 +179,9 @@ class GeneratorConfig:
     vae_batch_size: int = 32  # images per VAE step
     vae_lr: float = 3e-3  # AdamW learning rate of the VAE
     vae_kl_weight: float = 1e-4  # weight of the KL term (mean per latent element) next to the pixel MSE
+    # GroupNorm groups of the VAE; None: one channel per group (up to 32), which normalises each channel's
+    # mean away and with it the image's absolute colour (measured: 3x the colour error of 4 groups)
+    vae_norm_num_groups: int | None = None
     # --- UNet (diffusers UNet2DConditionModel, the measured "u16b" config)
     unet_sample_size: int = 16  # latent side length (image size / VAE factor)
     unet_layers_per_block: int = 1  # resnet (+attention) layers per block
@@ -199,9 +202,16 @@ class GeneratorConfig:
     num_train_timesteps: int = 1000  # diffusion steps of the training schedule
     sample_timestep_spacing: str = "trailing"  # DDIM spacing; trailing starts at t=999 (pure noise)
     min_snr_gamma: float | None = None  # Min-SNR-gamma loss weighting; None = plain MSE (no gain measured here)
+    # training timesteps: None = uniform; a number m = logit-normal, t = T * sigmoid(N(m, 1)) (as SD 3 samples
+    # them): m > 0 trains more on noisy steps, where a 16 px image's colour and shape are decided
+    timestep_logit_mean: float | None = None
     caption_dropout: float = 0.1  # probability of training on "" (enables classifier-free guidance)
     ema_decay: float = 0.995  # EMA of UNet weights (saved); decay = min(ema_decay, (1+s)/(10+s))
     max_images: int | None = None  # train on a seeded random subset of this many images (None: all)
+    # keep only the pool's best-matching (image, caption) pairs by the world CLIP's cosine similarity, the
+    # top fraction, before drawing max_images: as SD's training data was LAION filtered by CLIP score and
+    # then its best subsets (laion-aesthetics); None: every pair
+    caption_filter_top: float | None = None
 
 
 # ----------------------------------------------------------------------------- models
@@ -220,7 +230,7 @@ def build_vae(cfg: GeneratorConfig):
         block_out_channels=tuple(cfg.vae_block_out_channels),
         layers_per_block=cfg.vae_layers_per_block,
         latent_channels=cfg.vae_latent_channels,
-        norm_num_groups=min(32, min(cfg.vae_block_out_channels)),
+        norm_num_groups=cfg.vae_norm_num_groups or min(32, min(cfg.vae_block_out_channels)),
         sample_size=cfg.unet_sample_size * 2 ** (n - 1),
     )
 
@@ -347,6 +357,14 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_deca
         e.lerp_(p, 1.0 - decay)
 
 
+def sample_timesteps(cfg: GeneratorConfig, gen: torch.Generator) -> torch.Tensor:
+    """A batch of training timesteps, uniform or logit-normal (``cfg.timestep_logit_mean``)."""
+    if cfg.timestep_logit_mean is None:
+        return torch.randint(cfg.num_train_timesteps, (cfg.unet_batch_size,), generator=gen)
+    u = torch.sigmoid(torch.randn(cfg.unet_batch_size, generator=gen) + cfg.timestep_logit_mean)
+    return (u * cfg.num_train_timesteps).long().clamp(0, cfg.num_train_timesteps - 1)
+
+
 def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
                cfg: GeneratorConfig, gen: torch.Generator, log: Log) -> tuple[torch.nn.Module, dict]:
     """Train the UNet to predict v on scaled latents; returns the EMA copy and stats."""
@@ -365,7 +383,7 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
         batch_ids = torch.where(drop[:, None], empty_ids[None, :], ids[idx])
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(cfg.num_train_timesteps, (cfg.unet_batch_size,), generator=gen)
+        t = sample_timesteps(cfg, gen)
         with torch.no_grad():
             cond = text_encoder(batch_ids).last_hidden_state
         # forward / backward
@@ -382,6 +400,18 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
             log(f"unet step {step:5d}/{cfg.unet_steps}  loss {loss.item():.4f}")
     unet.eval()
     return ema, {"unet_loss_final": _tail_mean(losses), "unet_loss_mean": _mean(losses)}
+
+
+@torch.no_grad()
+def caption_match(clip, images: np.ndarray, captions: Sequence[str], batch_size: int = 512) -> np.ndarray:
+    """Cosine similarity of each image to its caption under the CLIP (images at the CLIP's size)."""
+    from synret.clip import encode_texts
+    from synret.world.clip_train import images_to_tensor
+
+    image_emb = torch.cat([F.normalize(clip.model.encode_image(images_to_tensor(images[i : i + batch_size])), dim=-1)
+                           for i in range(0, len(images), batch_size)])
+    text_emb = encode_texts(clip, list(captions), batch_size=batch_size)
+    return (image_emb * text_emb).sum(dim=1).numpy()
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -412,6 +442,7 @@ def train_generator(
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(captions):
         raise ValueError("images must be uint8 (N, H, W, 3) with one caption per image")
     size = cfg.unet_sample_size * 2 ** (len(cfg.vae_block_out_channels) - 1)
+    full_size = images
     if images.shape[1] == images.shape[2] and images.shape[1] % size == 0 and images.shape[1] > size:
         images = downsample(images, images.shape[1] // size)  # the generator works at a lower resolution
     if images.shape[1:3] != (size, size):
@@ -419,14 +450,22 @@ def train_generator(
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    if cfg.max_images is not None and len(images) > cfg.max_images:
+    stats: dict[str, Any] = {"pool_images": len(images), "config": asdict(cfg)}
+    clip = load_clip("local-dir:" + str(clip_dir))
+    candidates = np.arange(len(images))
+    if cfg.caption_filter_top is not None:  # the best-matching pairs, by the CLIP, at the pool's own size
+        match = caption_match(clip, full_size, captions)
+        cut = np.quantile(match, 1 - cfg.caption_filter_top)
+        candidates = np.flatnonzero(match >= cut)
+        stats.update(caption_match_cut=float(cut), caption_match_kept=len(candidates))
+        log(f"caption filter: kept {len(candidates)} of {len(images)} pairs (CLIP similarity >= {cut:.3f})")
+    if cfg.max_images is not None and len(candidates) > cfg.max_images:
         # encoding latents costs ~2.5 ms per image on a CPU: encode only the images training can use
-        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(images), cfg.max_images, replace=False))
-        images, captions = images[keep], [captions[i] for i in keep]
-    stats: dict[str, Any] = {"n_images": len(images), "config": asdict(cfg)}
+        candidates = np.sort(np.random.default_rng(cfg.seed).choice(candidates, cfg.max_images, replace=False))
+    images, captions = images[candidates], [captions[i] for i in candidates]
+    stats["n_images"] = len(images)
 
     # text side: tokenizer + frozen text encoder from the CLIP
-    clip = load_clip("local-dir:" + str(clip_dir))
     tokenizer = build_tokenizer(clip.model.context_length)
     text_encoder = text_encoder_from_clip(clip.model).requires_grad_(False)
     del clip
