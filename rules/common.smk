@@ -13,7 +13,6 @@ from snakemake.exceptions import WorkflowError
 # where it is not pip-installed (e.g. a conda env built from envs/ with --sdm conda).
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
-from synret.aggregate import expected_cells
 from synret.workflow import prepare_job_environment
 
 try:
@@ -27,6 +26,7 @@ from synret.config import (
     ConfigError,
     canonical,
     check_config,
+    expected_cells,
     knn_model_settings,
     produced_by_world,
     serve_settings,

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from .config import ZEROSHOT, expected_cells  # noqa: F401 (expected_cells: part of this module's API)
 from .stats import BootstrapConfig, cell_interval, seed_image_interval, paired_difference
 
 KEY = ["task", "source", "scale", "seed"]
@@ -48,16 +49,9 @@ SOURCE_STYLE = {
     "retrieved": {"color": "#1f77b4", "marker": "o", "label": "retrieved (real)"},
     "synthetic": {"color": "#d62728", "marker": "s", "label": "synthetic (generated)"},
 }
-ZEROSHOT = "zeroshot"
 
 
 # ----------------------------------------------------------------------------- the grid
-
-
-def expected_cells(tasks: Sequence[str], sources: Sequence[str], scales: Sequence[int], seeds: Sequence[int]) -> list[tuple]:
-    """Every (task, source, scale, seed) the config defines, plus each task's zero-shot cell."""
-    cells = [(t, s, int(n), int(r)) for t in tasks for s in sources for n in scales for r in seeds]
-    return cells + [(t, ZEROSHOT, 0, 0) for t in tasks]
 
 
 def check_grid(found: Iterable[tuple], expected: Iterable[tuple]) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+ZEROSHOT = "zeroshot"  # the source name of each task's zero-shot cell
+
 # What the demo world's rules produce; a config may point at these before they exist.
 WORLD_DIR = "results/world"
 WORLD_PRODUCTS = {
@@ -210,3 +212,9 @@ def knn_model_settings(config: dict) -> dict:
         "pretrained": None if own else clip.get("pretrained"),
         "cache_dir": clip.get("cache_dir"),
     })
+
+
+def expected_cells(tasks, sources, scales, seeds) -> list[tuple]:
+    """Every (task, source, scale, seed) the config defines, plus each task's zero-shot cell."""
+    cells = [(t, s, int(n), int(r)) for t in tasks for s in sources for n in scales for r in seeds]
+    return cells + [(t, ZEROSHOT, 0, 0) for t in tasks]
