@@ -31,20 +31,33 @@ def machine() -> dict:
     """What the numbers were measured on."""
     import torch
 
-    cpu = ""
+    cpu, cpu_id, isa = "", "", []
     if Path("/proc/cpuinfo").exists():
-        match = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
-        cpu = match.group(1) if match else ""
+        info = Path("/proc/cpuinfo").read_text()
+        field = lambda name: (re.search(rf"^{name}\s*:\s*(.*)$", info, re.M) or [None, ""])[1]  # noqa: E731
+        cpu = field("model name")
+        # "AMD EPYC" names several generations: family/model tell them apart, the ISA which kernels run
+        cpu_id = f"family {field('cpu family')} model {field('model')} stepping {field('stepping')}"
+        isa = sorted(set(field("flags").split()) & {"avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"})
     mem = ""
     if Path("/proc/meminfo").exists():
         kb = int(re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text()).group(1))
         mem = f"{kb / 2**20:.1f} GiB"
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "memory": mem, "platform": platform.platform(),
+        "cpu": cpu, "cpu_id": cpu_id, "isa": isa, "matmul_gflops_1_thread": matmul_gflops(), "cores": os.cpu_count(), "memory": mem, "platform": platform.platform(),
         "python": platform.python_version(), "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average_before": os.getloadavg(),
     }
+
+
+def matmul_gflops() -> float:
+    """One thread's fp32 matmul rate now: hosts of one name and a shared host's load differ."""
+    out = subprocess.run([sys.executable, "-c", (
+        "import time, torch; torch.set_num_threads(1); a = torch.randn(1024, 1024); a @ a; t = time.perf_counter()\n"
+        "for _ in range(20): a @ a\n"
+        "print(20 * 2 * 1024 ** 3 / (time.perf_counter() - t) / 1e9)")], capture_output=True, text=True)
+    return round(float(out.stdout), 1) if out.returncode == 0 else float("nan")
 
 
 def free_port() -> int:
@@ -60,6 +73,19 @@ def run(cmd: list[str], cwd: Path) -> tuple[float, str]:
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return seconds, proc.stdout + proc.stderr
+
+
+def cpu_seconds(workdir: Path) -> dict:
+    """CPU seconds per stage, summed over its jobs, from the last line of each job's log (what the
+    2 cores were spent on; summed wall seconds count a job's waiting on the other jobs too)."""
+    totals: dict[str, float] = {}
+    for path in (workdir / "logs").rglob("*.log"):
+        match = re.search(r"done: ([0-9.]+) CPU s", path.read_text())
+        if match:
+            parts = path.relative_to(workdir / "logs").parts
+            key = ("/".join(parts[:2]) if parts[0] == "world" else parts[0]).removesuffix(".log")
+            totals[key] = round(totals.get(key, 0.0) + float(match.group(1)), 1)
+    return dict(sorted(totals.items()))
 
 
 def job_seconds(workdir: Path) -> dict:
@@ -92,6 +118,7 @@ def main() -> None:
     info["noop_rerun_seconds"], out = run(cmd, REPO)
     assert "Nothing to be done" in out, "the second run should have nothing to do"
     info["seconds_by_rule"] = job_seconds(workdir)
+    info["cpu_seconds_by_stage"] = cpu_seconds(workdir)
     info["targets"] = {"end_to_end_seconds": TARGETS[args.config], "noop_rerun_seconds": NOOP_TARGET}
     info["met"] = {"end_to_end": info["end_to_end_seconds"] <= TARGETS[args.config],
                    "noop_rerun": info["noop_rerun_seconds"] <= NOOP_TARGET}
