@@ -17,6 +17,7 @@ from synret.finetune import (
     build_classifier,
     evaluate,
     lr_at,
+    param_groups,
     train_classifier,
     train_probe,
 )
@@ -140,6 +141,30 @@ def test_linear_probe_mode_trains_only_the_head(tiny_clip_dir, shape_images, one
     with pytest.raises(ValueError, match=r"'finetune\.mode'"):
         FinetuneConfig(epochs=1, batch_size=1, lr=1.0, weight_decay=0.0, betas=(0.9, 0.95), warmup_steps=0,
                        grad_clip=None, label_smoothing=0.0, num_workers=0, augment="none", mode="head_only")
+
+
+def test_weight_decay_on_every_parameter_or_on_matrices(tiny_clip_dir, shape_images, one_thread):
+    """The reference decays every parameter; 'matrices' exempts gains, biases and embeddings."""
+    images, labels = shape_images
+    data = [encode_image(im, "png") for im in images[:20]]
+    one_d = {}
+    for which in ("all", "matrices"):
+        clip = load_clip(f"local-dir:{tiny_clip_dir}")  # a fresh copy: the classifier trains the CLIP's tower
+        model = build_classifier(clip, CLASSES, ["a {c}."], "cpu")
+        cfg = FinetuneConfig(epochs=3, batch_size=10, lr=1e-2, weight_decay=5.0, betas=(0.9, 0.95), warmup_steps=0,
+                             grad_clip=1.0, label_smoothing=0.0, num_workers=0, augment="none", seed=0,
+                             weight_decay_params=which)
+        groups = param_groups([p for p in model.parameters() if p.requires_grad], cfg)
+        decayed = [p for g in groups if g["weight_decay"] > 0 for p in g["params"]]
+        assert all(p.ndim >= 2 for p in decayed) == (which == "matrices")
+        assert sum(len(g["params"]) for g in groups) == sum(1 for p in model.parameters() if p.requires_grad)
+        train_classifier(model, data, labels[:20].tolist(), clip.preprocess_val, cfg, "cpu", "fp32", log=lambda m: None)
+        one_d[which] = sum(p.detach().norm() for p in model.visual.parameters() if p.ndim < 2)
+    # 6 steps at lr 1e-2 and decay 5: each step scales decayed parameters by 0.95
+    assert one_d["all"] < 0.85 * one_d["matrices"]
+    with pytest.raises(ValueError, match=r"'finetune\.weight_decay_params'"):
+        FinetuneConfig(epochs=1, batch_size=1, lr=1.0, weight_decay=0.0, betas=(0.9, 0.95), warmup_steps=0,
+                       grad_clip=None, label_smoothing=0.0, num_workers=0, augment="none", weight_decay_params="some")
 
 
 def test_probe_defaults_are_the_references():

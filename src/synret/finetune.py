@@ -43,13 +43,28 @@ class FinetuneConfig:
     threads: int = 1  # CPU threads the job computes on (set by the job before torch starts; part of the result)
     seed: int = 0
     mode: str = "full"  # "full": image tower and head; "linear_probe": the head alone, on a frozen tower
+    # "all": AdamW decays every trained parameter (the reference code); "matrices": gains, biases and
+    # embeddings (1-d parameters) are exempt, open_clip's pretraining convention
+    weight_decay_params: str = "all"
 
     def __post_init__(self):
         if self.mode not in FINETUNE_MODES:
             raise ValueError(f"config key 'finetune.mode': {self.mode!r} is not one of {FINETUNE_MODES}")
+        if self.weight_decay_params not in WEIGHT_DECAY_PARAMS:
+            raise ValueError(f"config key 'finetune.weight_decay_params': {self.weight_decay_params!r} is not one of "
+                             f"{WEIGHT_DECAY_PARAMS}")
 
 
 FINETUNE_MODES = ("full", "linear_probe")
+WEIGHT_DECAY_PARAMS = ("all", "matrices")
+
+
+def param_groups(params: Sequence[nn.Parameter], cfg: FinetuneConfig) -> list[dict]:
+    """AdamW's parameter groups: weight decay on every parameter, or on the matrices only."""
+    if cfg.weight_decay_params == "all":
+        return [{"params": list(params), "weight_decay": cfg.weight_decay}]
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
 
 
 @dataclass
@@ -113,11 +128,7 @@ def train_classifier(
     probe = cfg.mode == "linear_probe"
     model.visual.requires_grad_(not probe)
     params = [p for p in model.parameters() if p.requires_grad]
-    # optimiser: no weight decay on gains, biases and embeddings (1-d parameters)
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas))
+    opt = torch.optim.AdamW(param_groups(params, cfg), lr=cfg.lr, betas=tuple(cfg.betas))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     # loop: lr, forward/backward, clip, step, one log line per epoch
