@@ -236,3 +236,41 @@ def test_linear_probe_evaluation_of_a_cell(tiny_clip_dir, shape_images, tmp_path
     with pytest.raises(ValueError, match="evaluate.linear_probe.train_splits"):
         empty = {**tables, "train": tables["train"].iloc[:0], "val": tables["val"].iloc[:0]}
         run_cell(task, cell, clip_cfg, {"test": tables["test"]}, evaluate_cfg, log=lambda m: None, probe_tables=empty)
+
+
+def test_precision_does_what_it_says(tiny_clip_dir, shape_images, tmp_path, one_thread):
+    """amp_bf16 autocasts (on the CPU too), fp32 does not, amp needs a GPU; evaluation keeps its own
+    precision (fp32 unless evaluate.precision says otherwise), whatever training used."""
+    from synret.cells import resolve_precision
+    from synret.embed import autocast
+
+    x = torch.randn(4, 8)
+    with autocast("cpu", "amp_bf16"):
+        assert (x @ x.T).dtype == torch.bfloat16
+    with autocast("cpu", "fp32"):
+        assert (x @ x.T).dtype == torch.float32
+    with pytest.raises(ValueError, match="bf16"):
+        autocast("cpu", "bf16")
+    assert resolve_precision("auto", "cpu") == "fp32" and resolve_precision("auto", "cuda:0") == "amp_bf16"
+    with pytest.raises(ValueError, match=r"'evaluate\.precision'.*CUDA"):
+        resolve_precision("amp", "cpu", "evaluate.precision")
+
+    images, labels = shape_images
+    rows = []
+    for i in range(12):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(images[i]).save(path)
+        rows.append({"key": f"k{i}", "label": int(labels[i]), "path": str(path)})
+    test = pd.DataFrame(rows)
+    task = {"classnames": CLASSES, "templates": ["a {c}."]}
+    cell = {"task": "t", "source": "zeroshot", "scale": 0, "seed": 0}
+    records = {}
+    for train_precision, eval_precision in (("fp32", None), ("amp_bf16", None), ("fp32", "amp_bf16")):
+        clip_cfg = {"model": f"local-dir:{tiny_clip_dir}", "pretrained": None, "cache_dir": None,
+                    "precision": train_precision}
+        evaluate_cfg = {"batch_size": 64, "splits": ["test"]} | ({"precision": eval_precision} if eval_precision else {})
+        record, _, predictions = run_cell(task, cell, clip_cfg, {"test": test}, evaluate_cfg, log=lambda m: None)
+        records[train_precision, eval_precision] = record, predictions
+        assert (record["precision"], record["eval_precision"]) == (train_precision, eval_precision or "fp32")
+    # a zero-shot cell only evaluates: the training precision cannot change it, the evaluation's can run in bf16
+    assert records["amp_bf16", None][1].equals(records["fp32", None][1])

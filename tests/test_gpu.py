@@ -96,14 +96,16 @@ def test_sd15_architecture_ddim_shard_at_512px(sd15_dir, tmp_path):
         assert image.std() > 0  # decoded, not a blank frame (random weights give noise, not NaN-black)
 
 
-def test_vit_b16_finetuning_steps_in_bf16(tmp_path):
+@pytest.mark.parametrize("setting", ["auto", "amp"])
+def test_vit_b16_finetuning_steps_in_bf16(tmp_path, setting):
+    """auto: bf16 autocast; amp: fp16 autocast with a gradient scaler. Both keep fp32 master weights."""
     from synret.cells import resolve_precision
     from synret.clip import load_clip
     from synret.finetune import FinetuneConfig, build_classifier, evaluate, train_classifier
 
     device = "cuda"
-    precision = resolve_precision("auto", device)
-    assert precision == "amp_bf16"
+    precision = resolve_precision(setting, device)
+    assert precision == {"auto": "amp_bf16", "amp": "amp"}[setting]
     clip = load_clip("ViT-B-16", None, device=device)  # the real architecture, random weights
     assert clip.image_size == 224 and 86e6 < sum(p.numel() for p in clip.model.visual.parameters()) < 87e6
     classes = [f"class {i}" for i in range(10)]
@@ -121,7 +123,7 @@ def test_vit_b16_finetuning_steps_in_bf16(tmp_path):
                          grad_clip=1.0, label_smoothing=0.0, num_workers=2, augment="open_clip", seed=42)
     torch.cuda.synchronize()
     stats = train_classifier(model, images, labels, clip.preprocess_train, cfg, device, precision, log=print)
-    print(f"ViT-B-16 bf16 finetuning: {stats}; peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    print(f"ViT-B-16 {precision} finetuning: {stats}; peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     assert stats["steps"] == 4 and np.isfinite(stats["final_loss"])
     assert not torch.equal(before, model.visual.conv1.weight)  # trained
     assert model.visual.conv1.weight.dtype == torch.float32  # fp32 master weights under autocast

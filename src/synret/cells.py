@@ -27,10 +27,14 @@ from .shards import load_images
 from .synthesize import pick_device
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """``auto`` is fp32 on CPU and bf16 autocast on GPU; fp32 master weights either way."""
+def resolve_precision(precision: str, device: str, key: str = "clip.precision") -> str:
+    """``auto`` is fp32 on CPU and bf16 autocast on GPU; fp32 master weights always. ``amp`` (fp16
+    autocast, trained with a gradient scaler) needs a GPU: CPU kernels for fp16 are slow or missing."""
     if precision == "auto":
         return "amp_bf16" if device.startswith("cuda") else "fp32"
+    if precision == "amp" and not device.startswith("cuda"):
+        raise ValueError(f"config key {key!r}: 'amp' (fp16 autocast) needs a CUDA device, this job runs on {device}; "
+                         "use amp_bf16 or fp32")
     return precision
 
 
@@ -131,7 +135,10 @@ def run_cell(
     precision = resolve_precision(clip_cfg["precision"], device)
     clip = load_clip(clip_cfg["model"], clip_cfg["pretrained"], device=device, cache_dir=clip_cfg["cache_dir"])
     model = build_classifier(clip, task["classnames"], task["templates"], device)
-    extra, subset = {"n_train": 0, "steps": 0, "device": device, "precision": precision}, None
+    # evaluation (and the linear probe) at its own precision: the reference evaluates in fp32
+    eval_precision = resolve_precision(evaluate_cfg.get("precision", "fp32"), device, "evaluate.precision")
+    extra = {"n_train": 0, "steps": 0, "device": device, "precision": precision, "eval_precision": eval_precision}
+    subset = None
     if curated is not None:
         subset = nested_subset(curated, cell["scale"], cell["seed"])
         if len(subset) < cell["scale"]:
@@ -142,13 +149,14 @@ def run_cell(
         log(f"finetuning on {len(subset)} images, {cfg.epochs} epochs of batch {cfg.batch_size} on {device}")
         stats = train_classifier(model, images, list(subset["label"]), transform, cfg, device, precision, log)
         extra.update(n_train=len(subset), **stats)
-    results, ranked = evaluate_splits(model, task, eval_splits, clip.preprocess_val, evaluate_cfg, device, precision)
+    results, ranked = evaluate_splits(model, task, eval_splits, clip.preprocess_val, evaluate_cfg, device,
+                                      eval_precision)
     ranked, tables = {"classifier": ranked}, dict(eval_splits)
     log(f"evaluation: {results}")
     if evaluate_cfg.get("linear_probe") is not None:
         tables = {**probe_tables, **eval_splits}
         probe, ranked["linear_probe"] = linear_probe_splits(model, task, probe_tables, clip.preprocess_val, evaluate_cfg["linear_probe"],
-                                    evaluate_cfg["batch_size"], device, precision, cell["seed"], log)
+                                    evaluate_cfg["batch_size"], device, eval_precision, cell["seed"], log)
         log(f"linear probe: {probe}")
         results["linear_probe"] = probe
         extra.update(lp_top1=probe.get("test", {}).get("top1"), lp_mean_per_class=probe.get("test", {}).get("mean_per_class"))

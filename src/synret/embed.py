@@ -35,12 +35,18 @@ class ImageDataset(Dataset):
         return x if self.labels is None else (x, self.labels[i])
 
 
+AUTOCAST_DTYPES = {"amp_bf16": torch.bfloat16, "amp": torch.float16}
+
+
 def autocast(device: str, precision: str):
-    """An autocast context for amp precisions on GPU, a no-op otherwise."""
-    if device.startswith("cuda") and precision in ("amp", "amp_bf16", "auto"):
-        dtype = torch.float16 if precision == "amp" else torch.bfloat16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast("cpu", enabled=False)
+    """The autocast context of a resolved precision (see ``cells.resolve_precision``): ``amp_bf16``
+    bf16 autocast on the device (CPU included), ``amp`` fp16 autocast, ``fp32`` none. Weights stay fp32."""
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    if precision in AUTOCAST_DTYPES:
+        return torch.autocast(device_type, dtype=AUTOCAST_DTYPES[precision])
+    if precision != "fp32":
+        raise ValueError(f"precision {precision!r} is not one of fp32, amp_bf16, amp")
+    return torch.autocast(device_type, enabled=False)
 
 
 @torch.no_grad()

@@ -129,6 +129,8 @@ def train_classifier(
     model.visual.requires_grad_(not probe)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(param_groups(params, cfg), lr=cfg.lr, betas=tuple(cfg.betas))
+    # fp16 autocast: scale the loss so small gradients survive fp16, unscale before clipping
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=precision == "amp")
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     # loop: lr, forward/backward, clip, step, one log line per epoch
@@ -143,10 +145,12 @@ def train_classifier(
             with autocast(device, precision):
                 loss = loss_fn(model(x.to(device)), y.to(device))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if cfg.grad_clip:
+                scaler.unscale_(opt)
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             losses.append(loss.item())
             step += 1
         log(f"epoch {epoch + 1}/{cfg.epochs} step {step}/{total} loss {np.mean(losses[-len(loader):]):.4f} "
