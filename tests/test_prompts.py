@@ -158,7 +158,7 @@ def _task() -> dict:
     return {
         "classnames": ["apple", "red star"],
         "retrieval_templates": ["a photo of {a/an} {c}.", "{c}"],
-        "queries": {"apple": [["apple"]], "red star": [["red", "star"], ["red star"], ["crimson", "star"]]},
+        "queries": [[["apple"]], [["red", "star"], ["red star"], ["crimson", "star"]]],  # by label
     }
 
 
@@ -183,7 +183,7 @@ def test_retrieval_queries_knn_is_templates_times_classes():
     task = _task()
     task["classnames"] = ["a", "b", "c"]
     task["retrieval_templates"] = ["t1 {c}", "t2 {c}", "t3 {c}", "t4 {c}"]
-    task["queries"] = {name: [[name]] for name in task["classnames"]}
+    task["queries"] = [[[name]] for name in task["classnames"]]
     table = retrieval_queries(task).to_pylist()
     knn = [r for r in table if r["kind"] == "knn"]
     assert len(knn) == 12
@@ -193,7 +193,7 @@ def test_retrieval_queries_knn_is_templates_times_classes():
 
 
 def test_retrieval_queries_empty_task():
-    table = retrieval_queries({"classnames": [], "retrieval_templates": ["{c}"], "queries": {}})
+    table = retrieval_queries({"classnames": [], "retrieval_templates": ["{c}"], "queries": []})
     assert table.num_rows == 0
     assert table.column_names == ["label", "kind", "query", "terms"]
 
@@ -209,7 +209,7 @@ def test_rewrite_none_keeps_the_terms():
 
 
 def test_rewrite_all_tokens_splits_names_like_the_reference_cars_queries():
-    task = {"classnames": CARS, "retrieval_templates": ["a photo of a {c}."], "queries": {c: [[c]] for c in CARS}}
+    task = {"classnames": CARS, "retrieval_templates": ["a photo of a {c}."], "queries": [[[c]] for c in CARS]}
     rows = [r for r in retrieval_queries(task, "all_tokens").to_pylist() if r["kind"] == "substring"]
     assert [r["terms"] for r in rows] == [
         ["AM", "General", "Hummer", "SUV", "2000"],
@@ -234,7 +234,7 @@ def test_rewrite_all_tokens_matches_words_in_any_order():
     name = "AM General Hummer SUV 2000"
     caption = "2000 Hummer SUV for sale, AM General original paint"
     for rewrite, hits in (("none", 0), ("all_tokens", 1)):
-        table = retrieval_queries({"classnames": [name], "retrieval_templates": [], "queries": {name: [[name]]}},
+        table = retrieval_queries({"classnames": [name], "retrieval_templates": [], "queries": [[[name]]]},
                                   rewrite).to_pylist()
         matcher = TermMatcher((r["label"], r["query"], r["terms"]) for r in table)
         assert len(matcher.match(caption)) == hits
@@ -250,7 +250,7 @@ def test_substring_templates_make_the_reference_dtd_queries():
 
     templates = ["{c} texture", "{c} pattern", "{c} thing", "{c} object"]
     task = {"classnames": ["banded", "zigzagged"], "retrieval_templates": [],
-            "queries": {"banded": [["banded"]], "zigzagged": [["zigzagged"], ["zig-zag"]]}}
+            "queries": [[["banded"]], [["zigzagged"], ["zig-zag"]]]}
     rows = retrieval_queries(task, templates=templates).to_pylist()
     assert [r["terms"] for r in rows if r["label"] == 0] == [[f"banded {w}"] for w in ("texture", "pattern", "thing",
                                                                                       "object")]
@@ -264,7 +264,7 @@ def test_substring_templates_make_the_reference_dtd_queries():
 def test_substring_templates_then_rewrite():
     alternatives = template_alternatives([["rose", "flower"], ["rose"]], ["{c}", "{c}"])
     assert alternatives == [["rose", "flower"], ["rose"]]  # repeated templates add nothing
-    task = {"classnames": ["St. Bernard"], "retrieval_templates": [], "queries": {"St. Bernard": [["St. Bernard"]]}}
+    task = {"classnames": ["St. Bernard"], "retrieval_templates": [], "queries": [[["St. Bernard"]]]}
     rows = retrieval_queries(task, "all_tokens", ["{c} dog"]).to_pylist()
     assert [r["terms"] for r in rows] == [["St.", "Bernard", "dog"]]
     assert retrieval_queries(task, "none", None).equals(retrieval_queries(task))
@@ -283,7 +283,7 @@ def test_paper_config_makes_the_reference_substring_queries():
 
     def substring_rows(task, classnames):
         settings = stage_settings(config, "retrieval", task)["substring"]
-        queries = {c: task_definition(config, task)["queries"].get(c, [[c]]) for c in classnames}
+        queries = [task_definition(config, task)["queries"].get(c, [[c]]) for c in classnames]
         table = retrieval_queries({"classnames": classnames, "retrieval_templates": [], "queries": queries},
                                   settings.get("rewrite", "none"), settings.get("templates"))
         return [r["query"] for r in table.to_pylist()]

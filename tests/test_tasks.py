@@ -70,7 +70,7 @@ def test_build_task_without_classnames_txt(tmp_path):
     assert task["templates"] == ["a photo of a {c}."]
     assert task["retrieval_templates"] == ["a {c}"]
     assert task["filter_templates"] == ["a photo of a {c}.", "a {c}"]
-    assert task["queries"] == {"circle": [["circle"]], "red star": [["red star"]], "square": [["square"]]}
+    assert task["queries"] == [[["circle"]], [["red star"]], [["square"]]]
     assert read_task(out / "task.json") == task
     assert json.loads((out / "task.json").read_text())["classnames"] == task["classnames"]
 
@@ -117,10 +117,25 @@ def test_classnames_txt_may_list_fewer_classes_than_folders(tmp_path):
     assert task["split_sizes"] == {"train": 3, "val": 1, "test": 2}
 
 
-def test_duplicate_names_in_classnames_txt(tmp_path):
-    root = _dataset(tmp_path / "data", LAYOUT, classnames=["circle", "square", "circle"])
-    with pytest.raises(TaskDataError, match=re.escape(str(root / "classnames.txt"))):
-        build_task("shapes", _definition(root), tmp_path / "task")
+def test_classes_that_share_a_name_stay_apart(tmp_path):
+    """ImageNet names two classes "missile": classes are labels, each with its own folder."""
+    from synret.tasks import class_folders
+
+    assert class_folders(["circle", "red star", "circle"]) == ["circle_0", "red_star", "circle_2"]
+    root = tmp_path / "data"
+    for split in ("train", "val", "test"):
+        for label, folder in enumerate(class_folders(["circle", "square", "circle"])):
+            (root / split / folder).mkdir(parents=True)
+            for i in range(label + 1):
+                Image.new("RGB", (8, 8), (label, i, 0)).save(root / split / folder / f"{i}.png")
+    (root / "classnames.txt").write_text("circle\nsquare\ncircle\n")
+    task = build_task("shapes", _definition(root), tmp_path / "task")
+    assert task["classnames"] == ["circle", "square", "circle"]
+    assert task["queries"] == [[["circle"]], [["square"]], [["circle"]]]  # one per label, shared text
+    train = pq.read_table(tmp_path / "task" / "train.parquet").to_pylist()
+    assert [(r["key"], r["label"]) for r in train] == [
+        ("train/circle_0/0.png", 0), ("train/square/0.png", 1), ("train/square/1.png", 1),
+        ("train/circle_2/0.png", 2), ("train/circle_2/1.png", 2), ("train/circle_2/2.png", 2)]
 
 
 def test_missing_train_split_gives_empty_manifest(tmp_path):
@@ -194,7 +209,7 @@ def test_configured_queries_are_kept(tmp_path):
     root = _dataset(tmp_path / "data", LAYOUT)
     queries = {"red star": [["red", "star"], ["crimson", "star"]]}
     task = build_task("shapes", _definition(root, queries=queries), tmp_path / "task")
-    assert task["queries"] == {"circle": [["circle"]], "red star": queries["red star"], "square": [["square"]]}
+    assert task["queries"] == [[["circle"]], queries["red star"], [["square"]]]
 
 
 def test_queries_for_unknown_class(tmp_path):
@@ -209,3 +224,10 @@ def test_unsupported_format(tmp_path):
     definition["dataset"]["format"] = "webdataset"
     with pytest.raises(TaskDataError, match="'webdataset'"):
         build_task("shapes", definition, tmp_path / "task")
+
+
+def test_a_task_json_with_queries_by_name_reads_as_queries_by_label(tmp_path):
+    """task.json files written before queries were kept per label still read (Snakemake does not rerun them)."""
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps({"classnames": ["circle", "red star"], "queries": {"red star": [["red", "star"]]}}))
+    assert read_task(path)["queries"] == [[["circle"]], [["red", "star"]]]

@@ -183,7 +183,8 @@ def summarize(rows: pd.DataFrame, task: dict) -> dict:
         "candidates": int(len(rows)),
         "kept": int(len(kept)),
         "dropped": {str(k): int(v) for k, v in rows["drop_reason"].value_counts().sort_index().items()},
-        "kept_per_class": {task["classnames"][int(k)]: int(v) for k, v in kept["label"].value_counts().sort_index().items()},
+        # by label (names can repeat: ImageNet's do)
+        "kept_per_class": np.bincount(kept["label"].to_numpy(dtype=np.int64), minlength=len(task["classnames"])).tolist(),
         "mean_clip_score_kept": float(kept["clip_score"].mean()) if len(kept) else None,
         "label_fidelity": label_fidelity(rows),
         "label_fidelity_kept": label_fidelity(kept),

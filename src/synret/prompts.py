@@ -109,7 +109,7 @@ def retrieval_queries(task: dict, rewrite: str = "none", templates: list[str] | 
     for label, name in enumerate(task["classnames"]):
         for template in task["retrieval_templates"]:
             rows.append((label, "knn", fill_template(template, name), None))
-        alternatives = template_alternatives(task["queries"][name], templates)
+        alternatives = template_alternatives(task["queries"][label], templates)
         for terms in rewrite_alternatives(alternatives, rewrite):  # every term of one must occur
             rows.append((label, "substring", " AND ".join(terms), list(terms)))
     labels, kinds, queries, terms = zip(*rows) if rows else ((), (), (), ())

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -43,14 +44,19 @@ def folder_of(classname: str) -> str:
     return classname.replace(" ", "_").replace("/", "_")
 
 
+def class_folders(classnames: Sequence[str]) -> list[str]:
+    """Each label's folder: the name's folder, suffixed with the label where two classes share a name
+    (ImageNet's class names have "missile" and "sunglasses" twice): classes are labels, not names."""
+    seen = Counter(folder_of(name) for name in classnames)
+    return [folder_of(name) if seen[folder_of(name)] == 1 else f"{folder_of(name)}_{label}"
+            for label, name in enumerate(classnames)]
+
+
 def imagefolder_classnames(root: Path, split_dir: Path) -> list[str]:
     """Class names in label order: ``classnames.txt`` if the dataset has one, else sorted folder names."""
     listing = root / "classnames.txt"
     if listing.is_file():
-        names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-        if len(set(names)) != len(names):
-            raise TaskDataError(f"{listing}: class names are not unique")
-        return names
+        return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
     folders = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
     return [f.replace("_", " ") for f in folders]
 
@@ -63,13 +69,13 @@ def load_imagefolder_split(root: str | Path, split: str, folder: str | None = No
         raise TaskDataError(f"dataset split folder {str(split_dir)!r} does not exist")
     classnames = imagefolder_classnames(root, split_dir)
     keys, labels, paths = [], [], []
-    for label, name in enumerate(classnames):
-        class_dir = split_dir / folder_of(name)
+    for label, (name, folder) in enumerate(zip(classnames, class_folders(classnames))):
+        class_dir = split_dir / folder
         if not class_dir.is_dir():
-            raise TaskDataError(f"class {name!r} has no folder {str(class_dir)!r}")
+            raise TaskDataError(f"class {label} ({name!r}) has no folder {str(class_dir)!r}")
         for file in sorted(class_dir.iterdir()):
             if file.suffix.lower() in IMAGE_SUFFIXES:
-                keys.append(f"{split}/{folder_of(name)}/{file.name}")
+                keys.append(f"{split}/{folder}/{file.name}")
                 labels.append(label)
                 paths.append(str(file))
     if not keys:
@@ -308,7 +314,7 @@ def wds_to_imagefolder(wds_root: str | Path, out: str | Path, splits: tuple[str,
         classnames = [line.strip() for line in (root / "classnames.txt").read_text().splitlines() if line.strip()]
     except OSError as e:
         raise TaskDataError(f"webdataset benchmark {str(root)!r} has no readable classnames.txt ({e})") from None
-    counts = {}
+    counts, folders = {}, class_folders(classnames)
     for split in splits:
         shards = sorted((root / split).glob("*.tar"))
         if not shards:
@@ -328,25 +334,26 @@ def wds_to_imagefolder(wds_root: str | Path, out: str | Path, splits: tuple[str,
                 label = int(parts["cls"].decode().strip())
                 if not 0 <= label < len(classnames):
                     raise TaskDataError(f"{shard}: sample {key!r} has label {label}, beyond classnames.txt")
-                target = out / split / folder_of(classnames[label]) / f"{key}.{ext}"
+                target = out / split / folders[label] / f"{key}.{ext}"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(parts[ext])
                 counts[split] += 1
     if not counts:
         raise TaskDataError(f"webdataset benchmark {str(root)!r} has no {'/'.join(splits)}/*.tar shards")
     for split in counts:  # every class has a folder, also where a split has no image of it
-        for name in classnames:
-            (out / split / folder_of(name)).mkdir(parents=True, exist_ok=True)
+        for folder in folders:
+            (out / split / folder).mkdir(parents=True, exist_ok=True)
     (out / "classnames.txt").write_text("\n".join(classnames) + "\n")
     return counts
 
 
-def default_queries(classnames: list[str], queries: dict[str, list[list[str]]]) -> dict[str, list[list[str]]]:
-    """Substring query per class: the configured alternatives, or the class name itself."""
+def default_queries(classnames: list[str], queries: dict[str, list[list[str]]]) -> list[list[list[str]]]:
+    """Substring query alternatives per label: the ones configured for its name, or the name itself
+    (classes that share a name share its queries)."""
     unknown = sorted(set(queries) - set(classnames))
     if unknown:
         raise TaskDataError(f"queries given for unknown class name(s) {unknown}")
-    return {name: queries.get(name, [[name]]) for name in classnames}
+    return [queries.get(name, [[name]]) for name in classnames]
 
 
 def build_task(name: str, definition: dict[str, Any], out_dir: str | Path) -> dict:
@@ -392,7 +399,10 @@ def build_task(name: str, definition: dict[str, Any], out_dir: str | Path) -> di
 
 
 def read_task(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
+    task = json.loads(Path(path).read_text())
+    if isinstance(task.get("queries"), dict):  # written before queries were kept per label
+        task["queries"] = [task["queries"].get(name, [[name]]) for name in task["classnames"]]
+    return task
 
 
 if __name__ == "__main__":  # python -m synret.tasks wds-to-imagefolder <wds_root> <out> [split ...]
