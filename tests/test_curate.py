@@ -124,3 +124,31 @@ def test_curate_with_clip_descriptor_runs(curation_inputs, tiny_clip_dir):
     table, summary = curate(rows, task, clip, evals, cfg, log=lambda m: None)
     assert table.num_rows == 50
     assert -1 <= np.nanmin(table.column("dedup_similarity").to_numpy(zero_copy_only=False)) <= 1
+
+
+@pytest.mark.parametrize("average", ["raw", "normalized"])
+def test_clip_score_against_the_class_text_averaged_as_configured(curation_inputs, tiny_clip_dir, average):
+    """The reference's filter averages its templates' raw text embeddings and normalises once;
+    CLIP's zero-shot classifier averages unit ones. The CLIP score is the image's cosine with either."""
+    import torch.nn.functional as F
+
+    from synret.clip import encode_texts, zero_shot_weights
+    from synret.embed import embed_images
+    from synret.shards import read_images
+    from synret.templates import fill_template
+
+    rows, task, evals = curation_inputs
+    clip = load_clip(f"local-dir:{tiny_clip_dir}")
+    cfg = {**CFG, "filter": {**CFG["filter"], "template_average": average}}
+    df = curate(rows, task, clip, evals, cfg, log=lambda m: None)[0].to_pandas()
+    texts = []
+    for name in task["classnames"]:
+        emb = encode_texts(clip, [fill_template(t, name) for t in task["filter_templates"]], normalize=average != "raw")
+        texts.append(F.normalize(emb.mean(dim=0), dim=-1))
+    text = np.stack([t.numpy() for t in texts])
+    np.testing.assert_allclose(text, zero_shot_weights(clip, task["classnames"], task["filter_templates"],
+                                                       average=average).numpy(), atol=1e-6)
+    have = df[df["shard"].notna()]
+    images = read_images(have["shard"].iloc[0], have["member"])
+    emb = embed_images(clip, [images[m] for m in have["member"]])
+    np.testing.assert_allclose(have["clip_score"], np.einsum("nd,nd->n", emb, text[have["label"]]), atol=1e-5)

@@ -91,12 +91,14 @@ def save_clip_local_dir(
 
 
 @torch.no_grad()
-def encode_texts(clip: LoadedClip, texts: Sequence[str], batch_size: int = 256, device: str = "cpu") -> torch.Tensor:
-    """L2-normalised text embeddings, float32, on CPU."""
+def encode_texts(clip: LoadedClip, texts: Sequence[str], batch_size: int = 256, device: str = "cpu",
+                 normalize: bool = True) -> torch.Tensor:
+    """Text embeddings (L2-normalised unless ``normalize`` is False), float32, on CPU."""
     out = []
     for i in range(0, len(texts), batch_size):
         tokens = clip.tokenizer(list(texts[i : i + batch_size])).to(device)
-        out.append(F.normalize(clip.model.encode_text(tokens).float(), dim=-1).cpu())
+        emb = clip.model.encode_text(tokens).float()
+        out.append((F.normalize(emb, dim=-1) if normalize else emb).cpu())
     if not out:
         return torch.zeros(0, clip.model.text_projection.shape[1] if hasattr(clip.model, "text_projection") else 0)
     return torch.cat(out)
@@ -104,14 +106,19 @@ def encode_texts(clip: LoadedClip, texts: Sequence[str], batch_size: int = 256, 
 
 @torch.no_grad()
 def zero_shot_weights(
-    clip: LoadedClip, classnames: Sequence[str], templates: Sequence[str], device: str = "cpu"
+    clip: LoadedClip, classnames: Sequence[str], templates: Sequence[str], device: str = "cpu",
+    average: str = "normalized",
 ) -> torch.Tensor:
-    """One unit vector per class: the normalised mean of its normalised template embeddings.
+    """One unit vector per class: the normalised mean of its template embeddings, shape (n_classes, embed_dim).
 
-    This is the zero-shot classifier of CLIP (and of the paper's code), shape (n_classes, embed_dim).
+    ``average="normalized"`` averages unit template embeddings: CLIP's zero-shot classifier (and the
+    paper's). ``"raw"`` averages them as the text tower gives them, as the paper's CLIP-score filter does.
     """
+    if average not in ("normalized", "raw"):
+        raise ValueError(f"template average {average!r} is not 'normalized' or 'raw'")
     rows = []
     for name in classnames:
-        emb = encode_texts(clip, [fill_template(t, name) for t in templates], device=device)
+        emb = encode_texts(clip, [fill_template(t, name) for t in templates], device=device,
+                           normalize=average == "normalized")
         rows.append(F.normalize(emb.mean(dim=0), dim=-1))
     return torch.stack(rows)

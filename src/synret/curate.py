@@ -155,7 +155,8 @@ def curate(
     rows.loc[near, "drop_reason"] = "near_duplicate_of_eval"
 
     # CLIP score against the image's own class, then the per-class filter
-    text = zero_shot_weights(clip, task["classnames"], task["filter_templates"], device=device).numpy()
+    text = zero_shot_weights(clip, task["classnames"], task["filter_templates"], device=device,
+                             average=cfg["filter"].get("template_average", "raw")).numpy()
     rows["clip_score"] = np.einsum("nd,nd->n", np.nan_to_num(emb), text[rows["label"].to_numpy()])
     rows.loc[rows["shard"].isna(), "clip_score"] = np.nan
     # label fidelity: the class the task's own zero-shot classifier (its templates) gives each image
