@@ -334,14 +334,14 @@ def test_task_json_round_trips(tmp_path):
 # ---------------------------------------------------------------- a webdataset copy (e.g. clip-benchmark/wds_cars)
 
 
-def make_wds(root: Path, n: dict[str, int]) -> None:
+def make_wds(root: Path, n: dict[str, int], classnames: list[str] = CAR_CLASSES) -> None:
     """CLIP-benchmark's layout, written with webdataset's own TarWriter: classnames.txt + {split}/*.tar."""
     import io
 
     import webdataset as wds
 
     root.mkdir(parents=True)
-    (root / "classnames.txt").write_text("\n".join(CAR_CLASSES) + "\n")
+    (root / "classnames.txt").write_text("\n".join(classnames) + "\n")
     for split, count in n.items():
         (root / split).mkdir()
         for shard in range(2):
@@ -367,6 +367,20 @@ def test_webdataset_copy_unpacks_into_an_imagefolder_with_val_carved_from_train(
     assert sorted((Path(r["path"]).name, r["label"]) for r in test) == [(f"s{i:07d}.webp", i % 3) for i in range(6)]
     assert (tmp_path / "cars" / "test" / "Ram_C_V_Cargo_Van_Minivan_2012").is_dir()
     assert required_paths(dataset) == [str(tmp_path / "cars" / "train"), str(tmp_path / "cars" / "test")]
+
+
+def test_webdataset_classes_that_share_a_name_keep_their_own_images(tmp_path):
+    """ImageNet's copy names two classes "missile": unpacked, each label keeps its own folder and images."""
+    from synret.tasks import wds_to_imagefolder
+
+    make_wds(tmp_path / "wds", {"train": 6, "test": 6}, classnames=["missile", "tench", "missile"])
+    wds_to_imagefolder(tmp_path / "wds", tmp_path / "inet")
+    assert sorted(p.name for p in (tmp_path / "inet" / "test").iterdir()) == ["missile_0", "missile_2", "tench"]
+    dataset = {"format": "imagefolder", "root": str(tmp_path / "inet"), "splits": {"train": "train", "test": "test"},
+               "val_from_train": {"size": 0.5, "seed": 0}}
+    build_task("inet", _definition(dataset), tmp_path / "task")
+    test = pq.read_table(tmp_path / "task" / "test.parquet").to_pylist()
+    assert sorted((Path(r["path"]).name, r["label"]) for r in test) == [(f"s{i:07d}.webp", i % 3) for i in range(6)]
 
 
 def test_webdataset_converter_errors_name_the_problem(tmp_path):
