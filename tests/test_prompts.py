@@ -214,7 +214,7 @@ def test_rewrite_all_tokens_splits_names_like_the_reference_cars_queries():
     assert [r["terms"] for r in rows] == [
         ["AM", "General", "Hummer", "SUV", "2000"],
         ["Chevrolet", "Silverado", "2500HD", "Regular", "Cab", "2012"],
-        ["Mercedes", "Benz", "Sprinter", "Van", "2012"],  # hyphens become spaces, as in the reference
+        ["Mercedes-Benz", "Sprinter", "Van", "2012"],  # a phrase, as the reference's "Mercedes Benz"
     ]
     assert rows[0]["query"] == "AM AND General AND Hummer AND SUV AND 2000"
     # kNN queries are untouched
@@ -263,7 +263,8 @@ def test_substring_templates_make_the_reference_dtd_queries():
 
 def test_substring_templates_then_rewrite():
     alternatives = template_alternatives([["rose", "flower"], ["rose"]], ["{c}", "{c}"])
-    assert alternatives == [["rose", "flower"], ["rose"]]  # repeated templates add nothing
+    # each alternative's words fill the template as one phrase; repeated templates add nothing
+    assert alternatives == [["rose flower"], ["rose"]]
     task = {"classnames": ["St. Bernard"], "retrieval_templates": [], "queries": [[["St. Bernard"]]]}
     rows = retrieval_queries(task, "all_tokens", ["{c} dog"]).to_pylist()
     assert [r["terms"] for r in rows] == [["St.", "Bernard", "dog"]]
@@ -276,6 +277,7 @@ def test_paper_config_makes_the_reference_substring_queries():
     import yaml
 
     from synret.config import deep_merge, stage_settings, task_definition
+    from synret.substring import name_query
 
     root = Path(__file__).resolve().parents[1]
     config = deep_merge(yaml.safe_load((root / "config.yaml").read_text()),
@@ -283,7 +285,7 @@ def test_paper_config_makes_the_reference_substring_queries():
 
     def substring_rows(task, classnames):
         settings = stage_settings(config, "retrieval", task)["substring"]
-        queries = [task_definition(config, task)["queries"].get(c, [[c]]) for c in classnames]
+        queries = [task_definition(config, task)["queries"].get(c) or name_query(c) for c in classnames]
         table = retrieval_queries({"classnames": classnames, "retrieval_templates": [], "queries": queries},
                                   settings.get("rewrite", "none"), settings.get("templates"))
         return [r["query"] for r in table.to_pylist()]
@@ -295,6 +297,8 @@ def test_paper_config_makes_the_reference_substring_queries():
         "rose AND flower", "colt's foot", "coltsfoot", "daffodil"]
     assert substring_rows("fgvc_aircraft", ["737-800"]) == ["737-800"]
     assert substring_rows("imagenet", ["ram (adult male sheep)", "tench"]) == ["ram", "adult male sheep", "tench"]
+    assert substring_rows("imagenet", ["golden retriever", "St. Bernard"]) == [
+        "golden AND retriever", "St. Bernard", "St Bernard", "Saint Bernard"]
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
     assert set(task_definition(config, "imagenet")["queries"]) <= set(IMAGENET_CLASSNAMES)

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from synret.substring import TermMatcher, scan_parquet, tokens
+from synret.substring import TermMatcher, name_query, scan_parquet, tokens
 
 LAION_COLUMNS = {"id": "SAMPLE_ID", "url": "URL", "caption": "TEXT", "nsfw": "NSFW"}
 
@@ -26,7 +26,8 @@ def test_tokens():
     assert tokens("A RED star!") == ("a", "red", "star")
     assert tokens("red_star") == ("red", "star")
     assert tokens("red-star, F-16") == ("red", "star", "f", "16")
-    assert tokens("Café") == ("café",)
+    assert tokens("Café") == ("cafe",)  # FTS5 unicode61 drops a Latin letter's diacritic
+    assert tokens("STRASSE straße İstanbul ſ") == ("strasse", "straße", "istanbul", "s")
     assert tokens("...") == ()
 
 
@@ -98,7 +99,7 @@ CAPTIONS = [
     "a blue circle",               # 4: circle
     "Red_Star logo",               # 5: red star, star
     "",                            # 6
-    "CAFÉ with a circle",          # 7: circle, café
+    "CAFÉ with a circle",          # 7: circle, café (FTS5: "café" and "cafe" are one token)
     "circles everywhere",          # 8: nothing
     "a red-star and a circle",     # 9: red star, star, circle
     "stars",                       # 10: nothing
@@ -197,3 +198,164 @@ def test_scan_parquet_missing_nsfw_column(pool_file, matcher):
     columns = {**LAION_COLUMNS, "nsfw": "punsafe"}
     with pytest.raises(KeyError, match=re.escape("pool.columns.nsfw")):
         scan_parquet(pool_file, matcher, columns)
+
+
+
+# ---------------------------------------------------------------- SQLite FTS5 as the oracle
+# The reference selects captions with `SELECT * FROM samples WHERE TEXT MATCH '<query>'` on FTS5 tables
+# (unicode61 tokenizer, its defaults). These tests build such a table from generated captions and check
+# that the matcher returns exactly the rows FTS5 returns, query by query.
+
+import random
+import sqlite3
+import unicodedata
+
+ORACLE_NAMES = [
+    "golden retriever", "red star", "F/A-18", "737-800", "Boeing 737", "Type-S coupe", "café racer", "Ærø ferry",
+    "σκύλος", "東京 tower", "a_b", "Mercedes-Benz Sprinter", "ß straße", "İstanbul tram", "cab 2012",
+    "naïve art", "x", "über-cool", "pink primrose", "bird of paradise",
+]
+FILLER = ["a", "the", "photo", "of", "my", "with", "on", "sale", "new", "puppy", "coat", "tower", "art", "van",
+          "Tokyo", "東京タワー", "σκυλος", "ΣΚΎΛΟΣ", "🐶", "dog", "retrievers", "stars", "ferry", "Aero", "aerø",
+          "2012", "12", "F", "A", "18", "800", "type", "s", "S", "coupé", "Cafe", "CAFÉ", "racer", "über", "cool",
+          "strasse", "istanbul", "tram", "naive", "NAÏVE", "primrose", "pink", "paradise", "bird", "of", "x", "ab",
+          "rose", "Roses", "flower", "St.", "St", "Saint", "Bernard", "golden"]
+SEPARATORS = [" ", " ", " ", ", ", "-", "/", "_", ". ", "! ", "'", "\u00a0", "\t", "\n", " (", ") ", ":", " & ", "’"]
+
+
+def _variant(word: str, rng: random.Random) -> str:
+    return rng.choice([word, word.upper(), word.capitalize(), word.lower()])
+
+
+def _captions(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    vocab = [w for name in ORACLE_NAMES for w in re.split(r"[\s]+", name)] + FILLER
+    out = []
+    for _ in range(n):
+        words = [_variant(rng.choice(vocab), rng) for _ in range(rng.randint(0, 9))]
+        if rng.random() < 0.3:  # a class name whole, the way captions usually carry it
+            name = rng.choice(ORACLE_NAMES)
+            words.insert(rng.randint(0, len(words)), _variant(name, rng))
+        text = ""
+        for w in words:
+            text += w + rng.choice(SEPARATORS)
+        out.append(text.strip() if rng.random() < 0.8 else text)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fts5():
+    captions = _captions(3000)
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE VIRTUAL TABLE samples USING fts5(TEXT)")
+    db.executemany("INSERT INTO samples(rowid, TEXT) VALUES (?, ?)", enumerate(captions))
+
+    def rows(query: str) -> set[int]:
+        return {r[0] for r in db.execute("SELECT rowid FROM samples WHERE TEXT MATCH ?", (query,))}
+
+    return captions, rows
+
+
+def _ours(captions: list[str], alternatives: list[list[str]]) -> set[int]:
+    matcher = TermMatcher((0, " OR ".join(" AND ".join(a) for a in alternatives), a) for a in [*alternatives])
+    return {i for i, c in enumerate(captions) if matcher.match(c)}
+
+
+def _fts5_query(alternatives: list[list[str]]) -> str:
+    """Our alternatives written as an FTS5 query: OR of ANDs of quoted phrases."""
+    def phrase(term: str) -> str:
+        return '"' + term.replace('"', '""') + '"'
+    return " OR ".join("(" + " AND ".join(phrase(t) for t in terms) + ")" for terms in alternatives)
+
+
+def _reference_query(name: str) -> str:
+    """The query string the reference builds from a class name without a class_map entry."""
+    if ("-" in name or "/" in name) and '"' not in name:
+        return '"' + name + '"'
+    return name
+
+
+def test_captions_exercise_the_hard_cases():
+    captions = _captions(3000)
+    assert any(not c.isascii() for c in captions)
+    assert any("\u00a0" in c for c in captions) and any("’" in c for c in captions)
+    assert sum(bool(_ours(captions, name_query(n))) for n in ORACLE_NAMES) == len(ORACLE_NAMES)
+
+
+@pytest.mark.parametrize("name", ORACLE_NAMES)
+def test_class_name_query_matches_fts5(fts5, name):
+    captions, rows = fts5
+    expected = rows(_reference_query(name))
+    assert expected, f"no caption matches {name!r}: the generated captions do not test it"
+    assert _ours(captions, name_query(name)) == expected
+
+
+def test_unquoted_words_match_in_any_order(fts5):
+    assert name_query("golden retriever") == [["golden", "retriever"]]
+    assert name_query("F/A-18") == [["F/A-18"]]
+    assert _ours(["retriever puppy, golden coat"], name_query("golden retriever")) == {0}
+    assert _ours(["a golden-retriever"], name_query("golden retriever")) == {0}
+    assert _ours(["F 18 A"], name_query("F/A-18")) == set()
+
+
+@pytest.mark.parametrize("name", ["colt's foot", "St. Bernard", "potter's wheel", "R&B"])
+def test_names_fts5_cannot_take_unquoted_are_phrases(name):
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE VIRTUAL TABLE samples USING fts5(TEXT)")
+    with pytest.raises(sqlite3.OperationalError, match="syntax error"):  # the reference would stop here
+        db.execute("SELECT * FROM samples WHERE TEXT MATCH ?", (name,)).fetchall()
+    assert name_query(name) == [[name]]
+
+
+@pytest.mark.parametrize("alternatives", [
+    [["rose", "flower"]],                                                  # '"rose" AND "flower"'
+    [["St. Bernard"], ["St Bernard"], ["Saint Bernard"]],                  # ImageNet's class_map
+    [["golden retriever"]],                                                # a quoted phrase
+    [["bird of paradise"], ["paradise", "bird"]],
+    [["Type S", "coupe"], ["ferry"]],
+    [["über"], ["σκύλος", "東京"]],
+    [["x"], ["a b"], ["photo of my"]],
+])
+def test_explicit_queries_match_fts5(fts5, alternatives):
+    captions, rows = fts5
+    expected = rows(_fts5_query(alternatives))
+    assert expected
+    assert _ours(captions, alternatives) == expected
+
+
+def test_reference_cars_and_dtd_queries_match_fts5(fts5):
+    from synret.prompts import retrieval_queries
+
+    captions, rows = fts5
+    # the reference's Stanford Cars query: each word quoted, hyphens as spaces, all ANDed
+    name = "Mercedes-Benz Sprinter"
+    reference = " AND ".join(f'"{w.replace("-", " ")}"' for w in name.split())
+    table = retrieval_queries({"classnames": [name], "retrieval_templates": [], "queries": [name_query(name)]},
+                              "all_tokens").to_pylist()
+    assert _ours(captions, [r["terms"] for r in table]) == rows(reference) != set()
+    # the reference's DTD query: '"{c} texture" OR "{c} pattern" OR ...'
+    templates = ["{c} tower", "{c} art", "{c} coat"]
+    for name in ("東京", "naïve", "golden"):
+        reference = " OR ".join(f'"{t.format(c=name)}"' for t in templates)
+        table = retrieval_queries({"classnames": [name], "retrieval_templates": [], "queries": [name_query(name)]},
+                                  templates=templates).to_pylist()
+        assert _ours(captions, [r["terms"] for r in table]) == rows(reference)
+
+
+def test_tokens_agree_with_fts5_on_common_scripts():
+    """Every character of the Latin, Greek, Cyrillic, CJK and general punctuation blocks, between two
+    letters, tokenizes as FTS5 tokenizes it (one document per character)."""
+    blocks = [(0x20, 0x250), (0x384, 0x3D0), (0x400, 0x482), (0x48A, 0x500), (0x1E00, 0x1F00), (0x2000, 0x2064),
+              (0x3041, 0x3097), (0x4E00, 0x4F00)]
+    chars = [chr(c) for lo, hi in blocks for c in range(lo, hi)
+             if unicodedata.category(chr(c)) != "Cn"]  # unassigned: SQLite takes them for letters
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE VIRTUAL TABLE t USING fts5(x)")
+    db.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, 'instance')")
+    db.executemany("INSERT INTO t(rowid, x) VALUES (?, ?)", [(i, f"a{c}a") for i, c in enumerate(chars)])
+    theirs: dict[int, list] = {}
+    for term, doc, _, offset in db.execute("SELECT term, doc, col, offset FROM v"):
+        theirs.setdefault(doc, []).append((offset, term))
+    wrong = [(hex(ord(c)), c) for i, c in enumerate(chars)
+             if tokens(f"a{c}a") != tuple(t for _, t in sorted(theirs.get(i, [])))]
+    assert wrong == []

@@ -70,7 +70,7 @@ def test_build_task_without_classnames_txt(tmp_path):
     assert task["templates"] == ["a photo of a {c}."]
     assert task["retrieval_templates"] == ["a {c}"]
     assert task["filter_templates"] == ["a photo of a {c}.", "a {c}"]
-    assert task["queries"] == [[["circle"]], [["red star"]], [["square"]]]
+    assert task["queries"] == [[["circle"]], [["red", "star"]], [["square"]]]  # words in any order, as FTS5
     assert read_task(out / "task.json") == task
     assert json.loads((out / "task.json").read_text())["classnames"] == task["classnames"]
 

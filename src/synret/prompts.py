@@ -13,6 +13,7 @@ import re
 import numpy as np
 import pyarrow as pa
 
+from .substring import tokens
 from .templates import fill_template
 
 SLOTS = {"background": "backgrounds", "attribute": "attributes", "relation": "relations"}
@@ -66,8 +67,10 @@ def rewrite_alternatives(alternatives: list[list[str]], rewrite: str = "none") -
     """Apply a substring-query rewrite to one class's alternatives (each a list of terms).
 
     ``none`` keeps the terms (a multi-word term is a phrase: its words must occur in order);
-    ``all_tokens`` splits every term at spaces and hyphens, so each word must occur somewhere in the
-    caption, in any order (the reference's Stanford Cars queries: ``"AM" AND "General" AND "Hummer"``).
+    ``all_tokens`` makes every whitespace-separated word of a term a term of its own, so each must
+    occur somewhere in the caption, in any order, as the reference's Stanford Cars queries do
+    (``"AM" AND "General" AND "Hummer"``); a hyphenated word stays a phrase (the reference's
+    ``"Type S"`` for "Type-S" matches "type-s" and "type s" but not "type r s").
     Repeated words and alternatives that become identical are kept once; words without a letter or
     digit are dropped.
     """
@@ -78,7 +81,7 @@ def rewrite_alternatives(alternatives: list[list[str]], rewrite: str = "none") -
         return [list(terms) for terms in alternatives]
     out: list[list[str]] = []
     for terms in alternatives:
-        words = [w for term in terms for w in re.split(r"[\s-]+", term) if re.search(r"[^\W_]", w)]
+        words = [w for term in terms for w in term.split() if tokens(w)]
         words = list(dict.fromkeys(words))  # words without letters or digits ("&") match nothing
         if words and words not in out:
             out.append(words)
@@ -86,14 +89,14 @@ def rewrite_alternatives(alternatives: list[list[str]], rewrite: str = "none") -
 
 
 def template_alternatives(alternatives: list[list[str]], templates: list[str] | None) -> list[list[str]]:
-    """One alternative per (alternative, template), each term ``t`` becoming the template filled with
-    ``t``: the reference's DTD queries, ``"{c} texture" OR "{c} pattern" OR ...``. None: unchanged."""
+    """One phrase per (alternative, template): the template filled with the alternative's words, as
+    the reference's DTD queries ``"{c} texture" OR "{c} pattern" OR ...`` are. None: unchanged."""
     if not templates:
         return [list(terms) for terms in alternatives]
     out = []
     for terms in alternatives:
         for template in templates:
-            alternative = [fill_template(template, t) for t in terms]
+            alternative = [fill_template(template, " ".join(terms))]
             if alternative not in out:
                 out.append(alternative)
     return out

@@ -31,6 +31,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .substring import name_query
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
 
@@ -349,11 +351,12 @@ def wds_to_imagefolder(wds_root: str | Path, out: str | Path, splits: tuple[str,
 
 def default_queries(classnames: list[str], queries: dict[str, list[list[str]]]) -> list[list[list[str]]]:
     """Substring query alternatives per label: the ones configured for its name, or the name itself
-    (classes that share a name share its queries)."""
+    as the reference queries it (see :func:`synret.substring.name_query`; classes that share a name
+    share its queries)."""
     unknown = sorted(set(queries) - set(classnames))
     if unknown:
         raise TaskDataError(f"queries given for unknown class name(s) {unknown}")
-    return [queries.get(name, [[name]]) for name in classnames]
+    return [queries[name] if name in queries else name_query(name) for name in classnames]
 
 
 def build_task(name: str, definition: dict[str, Any], out_dir: str | Path) -> dict:
@@ -401,7 +404,7 @@ def build_task(name: str, definition: dict[str, Any], out_dir: str | Path) -> di
 def read_task(path: str | Path) -> dict:
     task = json.loads(Path(path).read_text())
     if isinstance(task.get("queries"), dict):  # written before queries were kept per label
-        task["queries"] = [task["queries"].get(name, [[name]]) for name in task["classnames"]]
+        task["queries"] = [task["queries"].get(name) or name_query(name) for name in task["classnames"]]
     return task
 
 
