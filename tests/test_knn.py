@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from synret.knn import KnnIndex, build_index, knn_hits, write_index_folder
+from synret.knn import KnnIndex, build_index, knn_hits, near_duplicates, write_index_folder
 
 COLUMNS = {"id": "SAMPLE_ID", "url": "URL", "caption": "TEXT", "nsfw": "NSFW"}
 
@@ -239,3 +239,60 @@ def test_ivf_nprobe_restores_exact_recall(tmp_path):
     recall = lambda ids: np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)])  # noqa: E731
     assert recall(all_lists) == 1.0
     assert recall(one_list) < 0.9
+
+
+# ---------------------------------------------------------------- clip-retrieval's dedup among results
+
+
+def _normed(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def test_near_duplicates_groups_chains_and_keeps_the_first():
+    rng = np.random.default_rng(0)
+    base = _normed(rng.normal(size=(4, 32)))
+    # 0, 2, 5 are one chain (0~2 and 2~5 above 0.94, 0~5 below); 1 and 3 are alone; 4 copies 1
+    step = _normed(rng.normal(size=32))
+    a = base[0]
+    b = _normed(a + 0.3 * step)
+    c = _normed(b + 0.3 * _normed(step + rng.normal(size=32)))
+    vectors = np.stack([a, base[1], b, base[2], base[1] * 2.0, c])  # unnormalised copy: normalised first
+    assert a @ b > 0.94 and b @ c > 0.94 and a @ c < 0.94
+    assert near_duplicates(vectors) == {2, 4, 5}
+    # reversed (c, copy of 1, base 2, b, base 1, a): again the first of each group stays
+    assert near_duplicates(vectors[::-1]) == {3, 4, 5}
+    assert near_duplicates(vectors[:1]) == set() and near_duplicates(vectors[:0]) == set()
+
+
+def test_near_duplicates_threshold_is_strict():
+    a = np.array([1.0, 0.0], np.float32)
+    for sim, dup in ((0.95, True), (0.93, False)):
+        b = np.array([sim, np.sqrt(1 - sim ** 2)], np.float32)
+        assert near_duplicates(np.stack([a, b])) == ({1} if dup else set())
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF4,Flat"])
+def test_deduplicated_search_drops_planted_copies(tmp_path, factory):
+    rng = np.random.default_rng(1)
+    emb = _normed(rng.normal(size=(200, 16)))
+    emb[150:160] = _normed(emb[100:110] + 0.01 * rng.normal(size=(10, 16)))  # near-copies of 100..109
+    meta = pa.table({"SAMPLE_ID": pa.array(np.arange(200), pa.int64())})
+    folder = write_index_folder(tmp_path / "idx", emb, emb, meta, factory)
+    index = KnnIndex(folder)
+    queries = _normed(emb[100:110] + 0.05 * rng.normal(size=(10, 16)))
+    scores, ids = index.search(queries, "image", 8, nprobe=4)
+    dscores, dids = index.search(queries, "image", 8, nprobe=4, deduplicate=True)
+    for q in range(10):
+        # every copy pair found together loses its lower-ranked member, and nothing else is lost
+        found = list(ids[q])
+        pairs = {(i, i + 50) for i in range(100, 110)}
+        expected = [i for n, i in enumerate(found)
+                    if not any({i, j} == set(p) and found.index(j) < n for p in pairs for j in p if j in found)]
+        assert list(dids[q][: len(expected)]) == expected
+        assert (dids[q][len(expected):] == -1).all() and np.isneginf(dscores[q][len(expected):]).all()
+        assert np.allclose(dscores[q][: len(expected)], [scores[q][found.index(i)] for i in expected])
+        assert len(expected) < 8  # the query's own neighbour and its copy were both among the results
+    hits = knn_hits(index, queries, list(range(10)), [f"q{i}" for i in range(10)], ["image"], 8,
+                    {"id": "SAMPLE_ID"}, nprobe=4, deduplicate=True)
+    assert hits.num_rows == int((dids >= 0).sum())
+    assert max(hits.column("rank").to_pylist()) < 8

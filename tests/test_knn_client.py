@@ -160,6 +160,26 @@ def test_embedding_queries_match_the_local_index(service, pool_index, modality):
 
 
 @needs_service
+@pytest.mark.parametrize("modality", ["image", "text"])
+def test_deduplicated_queries_match_the_server(service, pool_index, modality):
+    """clip-retrieval's dedup among results (deduplicate=True) and the local faiss path's drop the same
+    results: the pool's captions repeat, so text-to-text results have many duplicates."""
+    from synret.clip import encode_texts
+
+    client, _, _ = service
+    folder, clip = pool_index
+    dedup_client = KnnServiceClient(client.url, "tiny", retries=0, deduplicate=True)
+    emb = encode_texts(clip, QUERIES).numpy()
+    labels = [5, 0, 8, 7]
+    local = knn_hits(KnnIndex(folder), emb, labels, QUERIES, [modality], 20, COLUMNS, deduplicate=True)
+    remote = service_hits(dedup_client, emb, labels, QUERIES, [modality], 20, COLUMNS, parallel=3)
+    everything = knn_hits(KnnIndex(folder), emb, labels, QUERIES, [modality], 20, COLUMNS)
+    assert _comparable(remote) == _comparable(local)
+    if modality == "text":
+        assert local.num_rows < everything.num_rows
+
+
+@needs_service
 def test_text_queries_are_embedded_by_the_service_like_here(service, pool_index):
     """The server loaded the project's tiny CLIP (clip_model_spec): its text embeddings equal ours."""
     from synret.clip import encode_texts
@@ -287,7 +307,7 @@ def test_settings_keep_a_local_index_configuration_unchanged():
 def test_settings_of_a_service_fill_defaults():
     knn = {"enabled": True, "k": 500, "modalities": ["image"], "nprobe": None}
     settings = knn_settings(knn, {"knn_service": {"url": "http://127.0.0.1:1234", "indice_name": "laion"}})
-    assert settings["service"] == {"columns": None, "deduplicate": False, "indice_name": "laion", "parallel": 4,
+    assert settings["service"] == {"columns": None, "indice_name": "laion", "parallel": 4,
                                    "query": "embedding", "retries": 3, "timeout": 60.0, "url": "http://127.0.0.1:1234"}
     assert list(settings) == sorted(settings)  # canonical: sorted keys
     with pytest.raises(ValueError, match="pool.knn_service.query"):

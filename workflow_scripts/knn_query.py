@@ -24,10 +24,10 @@ def main(smk, log):
         emb = encode_texts(load_clip(m["model"], m["pretrained"], cache_dir=m["cache_dir"]), texts).numpy()
     if service is None:
         hits = knn_hits(KnnIndex(smk.input.index), emb, labels, texts, knn["modalities"], knn["k"],
-                        smk.params.columns, knn.get("nprobe"))
+                        smk.params.columns, knn.get("nprobe"), knn.get("deduplicate", False))
     else:
         client = KnnServiceClient(service["url"], service["indice_name"], timeout=service["timeout"],
-                                  retries=service["retries"], deduplicate=service["deduplicate"])
+                                  retries=service["retries"], deduplicate=knn.get("deduplicate", False))
         columns = {**smk.params.columns, **(service["columns"] or {})}
         hits = service_hits(client, emb, labels, texts, knn["modalities"], knn["k"], columns, service["parallel"], log)
         log(f"kNN service {client.url} (index {service['indice_name']!r}, {service['query']} queries)")

@@ -78,28 +78,71 @@ class KnnIndex:
             self._indices[modality] = index
         return self._indices[modality]
 
-    def search(self, queries: np.ndarray, modality: str, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, modality: str, k: int, nprobe: int | None = None,
+               deduplicate: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) per query; ids are -1 where fewer than k vectors exist.
 
         ``nprobe`` sets how many inverted lists an IVF index visits (faiss' default of 1 loses much of
         the recall; cross-modal text-to-image queries need many); other index types ignore it.
+        ``deduplicate``: drop near-duplicates among each query's results as clip-retrieval does (see
+        :func:`near_duplicates`); the survivors move up, and the tail is padded with -1.
         """
         import faiss
 
         index = self.index(modality)
         if nprobe is not None and faiss.try_extract_index_ivf(index) is not None:
             faiss.ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
-        return index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, index.ntotal))
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        k = min(k, index.ntotal)
+        if not deduplicate:
+            return index.search(queries, k)
+        scores, ids, vectors = index.search_and_reconstruct(queries, k)
+        out_scores, out_ids = np.full_like(scores, -np.inf), np.full_like(ids, -1)
+        for q in range(len(queries)):
+            found = int((ids[q] >= 0).sum())
+            drop = near_duplicates(vectors[q, :found])
+            keep = [i for i in range(found) if i not in drop]
+            out_scores[q, : len(keep)], out_ids[q, : len(keep)] = scores[q, keep], ids[q, keep]
+        return out_scores, out_ids
+
+
+DEDUP_THRESHOLD = 0.94  # clip-retrieval's
+
+
+def near_duplicates(vectors: np.ndarray, threshold: float = DEDUP_THRESHOLD) -> set[int]:
+    """Positions of the near-duplicates among one query's results, as ``clip-retrieval back`` finds them
+    (``deduplicate=True``): results whose normalised embeddings have a dot product above ``threshold``
+    are linked, and of each connected group only the best-ranked (first) result stays."""
+    import faiss
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(vectors)
+    if n < 2:
+        return set()
+    v = np.ascontiguousarray(vectors, dtype=np.float32)
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    flat = faiss.IndexFlatIP(v.shape[1])
+    flat.add(v)
+    limits, _, neighbours = flat.range_search(v, threshold)
+    rows = np.repeat(np.arange(n), np.diff(limits.astype(np.int64)))
+    graph = csr_matrix((np.ones(len(rows), np.int8), (rows, neighbours)), shape=(n, n))
+    _, group = connected_components(graph, directed=False)
+    first = {}
+    for i, g in enumerate(group):
+        first.setdefault(g, i)
+    return {i for i, g in enumerate(group) if first[g] != i}
 
 
 def knn_hits(
     index: KnnIndex, query_emb: np.ndarray, labels: Sequence[int], queries: Sequence[str],
     modalities: Sequence[str], k: int, columns: dict[str, str], nprobe: int | None = None,
+    deduplicate: bool = False,
 ) -> pa.Table:
     """Search every query in every modality; one row per (query, neighbour) with the pool's metadata."""
     out = {"label": [], "query": [], "method": [], "rank": [], "score": [], "row": []}
     for modality in modalities:
-        scores, ids = index.search(query_emb, modality, k, nprobe)
+        scores, ids = index.search(query_emb, modality, k, nprobe, deduplicate)
         for q in range(len(queries)):
             keep = ids[q] >= 0
             n = int(keep.sum())

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 SERVICE_KEY = "pool.knn_service"
 QUERY_MODES = ("embedding", "text")
-SERVICE_DEFAULTS = {"indice_name": None, "query": "embedding", "columns": None, "deduplicate": False,
+SERVICE_DEFAULTS = {"indice_name": None, "query": "embedding", "columns": None,
                     "timeout": 60.0, "retries": 3, "parallel": 4}
 
 
