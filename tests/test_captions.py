@@ -4,11 +4,14 @@ transformers loading (AutoModelForCausalLM from a local directory) and real samp
 from __future__ import annotations
 
 import collections
+import itertools
+import json
 
 import numpy as np
 import pytest
 import torch
 
+import synret.captions as captions_module
 from synret.captions import (
     EXAMPLES,
     HEADERS,
@@ -17,6 +20,7 @@ from synret.captions import (
     caption_table,
     few_shot_prompt,
     first_line,
+    naming_share,
     plan_prompts,
 )
 from synret.prompts import generator_prompts, prompt_table
@@ -218,3 +222,147 @@ def test_first_line():
     assert first_line("  a cat on a mat \nsecond") == "a cat on a mat"
     assert first_line("\n\n  a dog\n") == "a dog"
     assert first_line(" \n ") == ""
+
+
+# ---------------------------------------------------------------- the reference's files, class naming
+
+
+def test_naming_share_counts_the_class_as_a_word():
+    rows = [
+        ("A Tabby CAT on a mat", "cat", True),        # any case
+        ("two cats asleep on a sofa", "cat", True),   # plural
+        ("the cat's bowl", "cat", True),              # possessive
+        ("concatenate the files", "cat", False),      # inside another word
+        ("a bobcat in the snow", "cat", False),
+        ("a catalogue of lamps", "cat", False),
+        ("a Red  Star glows", "red star", True),      # a phrase, any run of spaces between its words
+        ("red stars over the bay", "red star", True),
+        ("a star that is red", "red star", False),    # its words, but not the phrase
+        ("buses in a row", "bus", True),              # plural in -es
+        ("an omnibus timetable", "bus", False),
+        ("a St. Bernard in the Alps", "St. Bernard", True),
+    ]
+    assert naming_share([r[0] for r in rows], [r[1] for r in rows]) == pytest.approx(7 / 12)
+    for caption, name, named in rows:
+        assert naming_share([caption], [name]) == float(named), caption
+    assert naming_share([], []) is None
+
+
+def test_plan_takes_the_rows_labels_and_each_classs_backgrounds():
+    cfg = CaptionConfig.from_settings({"model": "x", "weights": {"background": 1.0}})
+    per_class = [["beach"], ["forest", "barn"], ["kitchen"]]
+    labels = [2, 0, 0, 1, 2, 1, 1]
+    plan = plan_prompts(CLASSES, len(labels), cfg, {"backgrounds": []}, np.random.default_rng(0), labels=labels,
+                        backgrounds=per_class)
+    assert [p["label"] for p in plan] == labels
+    for p in plan:
+        assert p["inputs"][0] == CLASSES[p["label"]] and p["inputs"][1] in per_class[p["label"]]
+    with pytest.raises(ValueError, match=r"'prompts\.backgrounds' is empty .*'dog'"):
+        plan_prompts(CLASSES, 3, cfg, {}, np.random.default_rng(0), labels=[0, 1, 0],
+                     backgrounds=[["beach"], [], ["kitchen"]])
+    # a class without backgrounds is fine while no prompt of it needs one
+    assert plan_prompts(CLASSES, 2, cfg, {}, np.random.default_rng(0), labels=[0, 2],
+                        backgrounds=[["beach"], [], ["kitchen"]])
+
+
+def test_few_shot_prompt_takes_the_given_examples():
+    own = {"class": [("heron", "a heron in the reeds"), ("otter", "an otter on a rock"), ("vole", "a vole")]}
+    lines = few_shot_prompt("class", ["cat"], np.random.default_rng(0), 3, own).split("\n")
+    assert sorted(lines[1:4]) == ["heron => a heron in the reeds", "otter => an otter on a rock", "vole => a vole"]
+
+
+class ScriptedLM:
+    """Stands in for CaptionModel: records the prompts; a unique caption per call, naming the query's
+    class in three of every four."""
+
+    prompts: list[str] = []
+
+    def __init__(self, cfg, device=None):
+        self.cfg, self.device, self.count = cfg, "cpu", itertools.count()
+        ScriptedLM.prompts = []
+
+    def generate(self, prompts, seed):
+        ScriptedLM.prompts += list(prompts)
+        out = []
+        for prompt in prompts:
+            name = prompt.split("\n")[-1][: -len(" =>")].split(",")[0]
+            n = next(self.count)
+            out.append(f"caption {n}: something else\n" if n % 4 == 0 else f"caption {n}: a {name} at rest\nmore")
+        return out
+
+
+def _scripted(monkeypatch):
+    monkeypatch.setattr(captions_module, "CaptionModel", ScriptedLM)
+
+
+def _files(tmp_path):
+    backgrounds = tmp_path / "imgnet_background_dict.json"
+    backgrounds.write_text(json.dumps({"cat": ["Sofa", "Windowsill"], "Dog": ["Kennel"]}))  # no "red star"
+    examples = tmp_path / "examples.json"
+    examples.write_text(json.dumps({
+        "class": [["heron", "a heron in the reeds"], ["otter", "an otter on a rock"], ["vole", "a vole"]],
+        "background": [["owl", "barn", "an owl in a barn"], ["crab", "pier", "a crab on a pier"],
+                       ["goat", "cliff", "a goat on a cliff"]]}))
+    return str(backgrounds), str(examples)
+
+
+def test_backgrounds_and_examples_files_feed_the_prompts(monkeypatch, tmp_path):
+    _scripted(monkeypatch)
+    backgrounds, examples = _files(tmp_path)
+    settings = _settings("scripted", backgrounds_file={"path": backgrounds, "lowercase": True}, examples_file=examples)
+    settings["images"] = 300
+    logged = []
+    table, stats = prompt_table(CLASSES, settings, 100, logged.append)
+    assert stats["source"] == "llm" and stats["missing"] == 0
+    assert stats["backgrounds_file"] == backgrounds and stats["classes_without_backgrounds"] == 1
+    assert stats["examples_file"] == examples and stats["builtin_example_types"] == ["relation"]
+    assert any("1 class(es) have no entry" in line and "red star" in line for line in logged)
+    own = {f"{', '.join(e[:-1])} => {e[-1]}" for pool in json.loads(open(examples).read()).values() for e in pool}
+    builtin = {f"{', '.join(e[:-1])} => {e[-1]}" for e in EXAMPLES["relation"]}
+    allowed = {"cat": {"sofa", "windowsill"}, "dog": {"kennel"}, "red star": {"beach", "forest", "kitchen"}}
+    kinds = collections.Counter()
+    for prompt in ScriptedLM.prompts:
+        lines = prompt.split("\n")
+        kind = next(k for k, h in HEADERS.items() if h == lines[0])
+        kinds[kind] += 1
+        assert set(lines[1:4]) <= (builtin if kind == "relation" else own)
+        if kind == "background":
+            name, background = lines[4][: -len(" =>")].split(", ")
+            assert background in allowed[name], (name, background)
+    assert set(kinds) == {"class", "background", "relation"}
+
+
+def test_naming_share_in_stats_and_warning_below_the_threshold(monkeypatch):
+    _scripted(monkeypatch)
+    settings = _settings("scripted", min_naming_share=0.8)
+    settings["images"] = 40
+    logged = []
+    table, stats = prompt_table(CLASSES, settings, 10, logged.append)
+    rows = table.to_pylist()
+    assert all(r["prompt_source"] == "llm" for r in rows)
+    assert stats["names_class"] == naming_share([r["prompt"] for r in rows], [r["classname"] for r in rows]) == 0.75
+    assert stats["min_naming_share"] == 0.8
+    (line,) = [line for line in logged if "name their class" in line]
+    assert line.startswith("WARNING: only 75.0% of 40 LLM captions") and "min_naming_share = 0.8" in line
+    logged.clear()
+    settings["llm"]["min_naming_share"] = 0.7
+    _, stats = prompt_table(CLASSES, settings, 10, logged.append)
+    (line,) = [line for line in logged if "name their class" in line]
+    assert not line.startswith("WARNING") and stats["names_class"] == 0.75
+
+
+def test_the_bare_class_name_is_checked_not_the_class_template(monkeypatch):
+    _scripted(monkeypatch)  # captions say "a cat car": they name "cat", as the reference checks cars
+    settings = _settings("scripted", class_template="{c} car")
+    settings["images"] = 40
+    _, stats = prompt_table(CLASSES, settings, 10, _quiet)
+    assert stats["names_class"] == 0.75
+
+
+def test_missing_caption_files_fail_before_the_lm_loads(tmp_path):
+    settings = _settings(str(tmp_path / "no-such-lm"), backgrounds_file={"path": str(tmp_path / "bg.json")})
+    with pytest.raises(FileNotFoundError, match=r"config key 'prompts\.llm\.backgrounds_file\.path': file .*bg\.json"):
+        prompt_table(CLASSES, settings, 10, _quiet)
+    settings = _settings(str(tmp_path / "no-such-lm"), examples_file=str(tmp_path / "utils.py"))
+    with pytest.raises(FileNotFoundError, match=r"config key 'prompts\.llm\.examples_file': file .*utils\.py"):
+        prompt_table(CLASSES, settings, 10, _quiet)

@@ -275,6 +275,25 @@ def test_prompts_llm_block_is_validated(config):
     assert "config key 'prompts.llm': 'model' is a required property" in _problems(config)
 
 
+def test_caption_file_and_class_sampling_keys_are_validated_and_merged_per_task(config):
+    config["prompts"]["llm"] = {"model": "meta-llama/Llama-2-7b-hf", "examples_file": "ref/utils.py"}
+    config["prompts"]["class_sampling"] = "uniform"
+    config["task_settings"]["shapes"]["prompts"] = {
+        "class_sampling": "turns",
+        "llm": {"backgrounds_file": {"path": "ref/ds_background_dict.json", "key": "cars"}, "min_naming_share": 0.5}}
+    check_config(config, SCHEMA)  # the files' existence is the preflight's to check, with where to get them
+    shapes = stage_settings(config, "prompts", "shapes")
+    assert shapes["class_sampling"] == "turns" and shapes["llm"]["examples_file"] == "ref/utils.py"
+    assert shapes["llm"]["backgrounds_file"] == {"key": "cars", "path": "ref/ds_background_dict.json"}
+    assert stage_settings(config, "prompts", "colored_shapes")["llm"].get("backgrounds_file") is None
+    config["task_settings"]["shapes"]["prompts"] = {
+        "class_sampling": "random", "llm": {"backgrounds_file": {"key": "cars"}, "min_naming_share": 80}}
+    message = _problems(config)
+    assert "config key 'task_settings.shapes.prompts.class_sampling'" in message
+    assert "config key 'task_settings.shapes.prompts.llm.backgrounds_file': 'path' is a required property" in message
+    assert "config key 'task_settings.shapes.prompts.llm.min_naming_share'" in message
+
+
 def test_linear_probe_options_are_validated(config):
     config["evaluate"]["linear_probe"] = {}
     config["task_settings"]["shapes"]["evaluate"] = {"linear_probe": {"lr": 1.0e-3, "epochs": 40, "weight_decay": 0}}

@@ -42,6 +42,9 @@ def stand_ins(workdir: Path, config: dict) -> None:
     for i in range(POOL_PARTS):
         (metadata.parent / f"part-{i:05d}.parquet").touch()
     Path(workdir, config["pool"]["knn_index"]).mkdir(parents=True, exist_ok=True)
+    for entry in preflight_spec(config)["caption_files"]:  # the reference's caption files
+        Path(workdir, entry["path"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(workdir, entry["path"]).touch()
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -114,6 +117,34 @@ def test_preflight_spec_names_everything_the_grid_needs(paper):
     assert sorted(spec["datasets"]) == sorted(paper["tasks"])
     assert spec["retrieval"] == {"knn_modalities": ["image", "text"], "substring": True}
     assert spec["knn_model"] == paper["pool"]["knn_model"]
+    ref = "data/reference_prompts/"
+    assert spec["caption_files"] == [
+        {"path": ref + "ds_background_dict.json",
+         "key": "task_settings.fgvc_aircraft.prompts.llm.backgrounds_file.path", "tasks": ["fgvc_aircraft", "stanford_cars", "flowers102"]},
+        {"path": ref + "imgnet_background_dict.json", "key": "task_settings.imagenet.prompts.llm.backgrounds_file.path",
+         "tasks": ["imagenet"]},
+        {"path": ref + "utils.py", "key": "prompts.llm.examples_file", "tasks": paper["tasks"]},
+    ]
+
+
+def test_paper_captions_follow_the_reference(paper):
+    """Classes drawn uniformly; backgrounds from the reference's dicts (by class for ImageNet, one list per
+    dataset otherwise; none for DTD's texture prompts); its in-context examples; the 80% naming bound."""
+    prompts = {t: stage_settings(paper, "prompts", t) for t in paper["tasks"]}
+    backgrounds = {t: p["llm"].get("backgrounds_file") for t, p in prompts.items()}
+    ref = "data/reference_prompts/"
+    assert backgrounds == {
+        "imagenet": {"path": ref + "imgnet_background_dict.json", "lowercase": True},
+        "dtd": None,
+        "fgvc_aircraft": {"path": ref + "ds_background_dict.json", "key": "airplanes"},
+        "stanford_cars": {"path": ref + "ds_background_dict.json", "key": "cars"},
+        "flowers102": {"path": ref + "ds_background_dict.json", "key": "flowers"},
+    }
+    for p in prompts.values():
+        assert p["class_sampling"] == "uniform"
+        assert p["llm"]["examples_file"] == ref + "utils.py" and p["llm"]["min_naming_share"] == 0.8
+        assert p["relations"] == ["in", "on", "next to", "behind", "in front of", "over", "under", "above", "below",
+                                  "besides"]
 
 
 # ---------------------------------------------------------------- the dry run
@@ -139,6 +170,16 @@ def test_dry_run_lists_the_whole_grid(paper, tmp_path):
     assert stats["aggregate"] == 1
     for task in tasks:
         assert f"results/cells/{task}/synthetic/n100000/seed42/metrics.json" in proc.stdout
+    # the reference's caption files are inputs of the prompt jobs: editing one reruns that task's captions
+    inputs = [line for line in proc.stdout.splitlines() if line.strip().startswith("input:")]
+    for task, background in [("imagenet", "imgnet_background_dict.json"), ("flowers102", "ds_background_dict.json"),
+                             ("dtd", None)]:
+        (line,) = [line for line in inputs if f"results/tasks/{task}/task.json" in line and "reference_prompts" in line]
+        assert "data/reference_prompts/utils.py" in line
+        if background:
+            assert f"data/reference_prompts/{background}" in line
+        else:  # DTD's texture prompts take no backgrounds
+            assert "background_dict" not in line
     assert not (tmp_path / "results").exists()  # nothing ran
 
 

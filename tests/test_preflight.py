@@ -162,6 +162,24 @@ def test_no_pool_check_without_the_retrieved_source(complete):
     assert run_preflight(spec)["checked"] == ["clip", "generator"]
 
 
+def test_missing_caption_files_are_named_with_their_download_url(complete, tmp_path):
+    present = tmp_path / "ref" / "ds_background_dict.json"
+    present.parent.mkdir()
+    present.write_text("{}")
+    files = [{"path": str(tmp_path / "ref" / "utils.py"), "key": "prompts.llm.examples_file", "tasks": ["cars", "dtd"]},
+             {"path": str(present), "key": "task_settings.cars.prompts.llm.backgrounds_file.path", "tasks": ["cars"]},
+             {"path": str(tmp_path / "mine.json"), "key": "task_settings.dtd.prompts.llm.backgrounds_file.path",
+              "tasks": ["dtd"]}]
+    problems = preflight_problems({**complete, "caption_files": files})
+    assert [p.key for p in problems] == ["prompts.llm.examples_file",
+                                         "task_settings.dtd.prompts.llm.backgrounds_file.path"]
+    assert str(tmp_path / "ref" / "utils.py") in problems[0].what and "tasks: cars, dtd" in problems[0].what
+    assert ("https://raw.githubusercontent.com/scottgeng00/unmet-promise/main/data_sourcing/synthetic/helper/utils.py"
+            in problems[0].how)
+    assert "README" in problems[1].how  # not a reference file name: the formats, not an URL
+    assert "caption_files" in run_preflight({**complete, "caption_files": files[1:2]})["checked"]
+
+
 # ---------------------------------------------------------------- hub ids and the cache
 
 

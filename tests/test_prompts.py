@@ -69,6 +69,35 @@ def test_classes_take_turns_and_are_balanced(images):
     assert table.column("classname").to_pylist() == [CLASSES[label] for label in labels]
 
 
+def test_uniform_class_sampling_draws_each_prompts_class_independently():
+    """The reference's rule (synthesize_text.py): every caption's class is random.choice(classes)."""
+    from scipy import stats
+
+    images = 20000
+    table = generator_prompts(CLASSES, _cfg(images=images, class_sampling="uniform"), 1000)
+    labels = np.array(table.column("label").to_pylist())
+    assert table.column("classname").to_pylist() == [CLASSES[label] for label in labels]
+    assert generator_prompts(CLASSES, _cfg(images=images, class_sampling="uniform"), 1000).equals(table)  # seeded
+    counts = np.bincount(labels, minlength=len(CLASSES))
+    assert stats.chisquare(counts).pvalue > 0.001  # uniform over classes ...
+    assert counts.max() - counts.min() > 1  # ... with multinomial spread, not exact balance
+    pairs = np.zeros((len(CLASSES), len(CLASSES)), int)
+    np.add.at(pairs, (labels[:-1], labels[1:]), 1)
+    assert stats.chisquare(pairs.ravel()).pvalue > 0.001  # ... and independent of the previous prompt's class
+    assert labels.tolist() != [i % len(CLASSES) for i in range(images)]
+
+
+def test_uniform_class_sampling_keeps_the_phrasing_stream_and_the_shards():
+    turns = generator_prompts(CLASSES, _cfg(images=200), 10).to_pylist()
+    uniform = generator_prompts(CLASSES, _cfg(images=200, class_sampling="uniform"), 10).to_pylist()
+    assert [r["shard"] for r in uniform] == [r["shard"] for r in turns]
+    for a, b in zip(turns, uniform):  # the same template and phrases, another class name
+        assert a["prompt"].replace(a["classname"], "{c}") == b["prompt"].replace(b["classname"], "{c}")
+    assert generator_prompts(CLASSES, _cfg(class_sampling="turns"), 10).equals(generator_prompts(CLASSES, _cfg(), 10))
+    with pytest.raises(ValueError, match=r"'prompts\.class_sampling'"):
+        generator_prompts(CLASSES, _cfg(class_sampling="shuffle"), 10)
+
+
 def test_every_shard_holds_every_class():
     table = generator_prompts(CLASSES, _cfg(images=50), 10)
     shards = table.column("shard").to_pylist()

@@ -14,17 +14,26 @@ The types are ``class`` (the class name alone), ``background`` (class + an envir
 mixed by configured weights (the paper: 0.44 / 0.45 / 0.11). Any causal LM that transformers loads
 (a hub id or a local directory) samples the continuation (temperature 0.8, top-p 0.9 in the paper);
 only its first line is kept, and an exact repeat of an earlier caption is sampled again. The
-in-context examples below were written for this project.
+in-context examples below were written for this project; ``examples_file`` and ``backgrounds_file``
+take the reference's own from its helper files instead (see :mod:`synret.caption_files`).
+
+Each caption's class is the label of its row in the template table (``prompts.class_sampling``).
+Afterwards the share of captions that name their class is counted, as the reference's
+``create_captions_json.py`` does as a sanity check (it prints caption files below 80%, filtering
+nothing), and a warning is logged below ``min_naming_share``.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
+
+from .caption_files import class_backgrounds, read_examples
 
 PROMPT_TYPES = ("class", "background", "relation", "texture")
 
@@ -109,6 +118,9 @@ class CaptionConfig:
     class_template: str = "{c}"  # e.g. "{c} car": the paper appends " car" / " aircraft"
     cache_dir: str | None = None
     dtype: str = "auto"
+    backgrounds_file: dict | None = None  # {path, key, lowercase}: the reference's background lists
+    examples_file: str | None = None  # the reference's helper/utils.py, or examples JSON keyed by prompt type
+    min_naming_share: float = 0.8  # warn when fewer captions name their class (the reference's 80%)
 
     @classmethod
     def from_settings(cls, settings: dict) -> "CaptionConfig":
@@ -126,9 +138,11 @@ class CaptionConfig:
         return cfg
 
 
-def few_shot_prompt(kind: str, inputs: Sequence[str], rng: np.random.Generator, shots: int) -> str:
-    """The few-shot prompt of one caption: header, ``shots`` random examples, the open query line."""
-    pool = EXAMPLES[kind]
+def few_shot_prompt(kind: str, inputs: Sequence[str], rng: np.random.Generator, shots: int,
+                    examples: dict[str, list[tuple[str, ...]]] | None = None) -> str:
+    """The few-shot prompt of one caption: header, ``shots`` distinct random examples (from ``examples``,
+    else the built-in ones), the open query line."""
+    pool = (examples or EXAMPLES)[kind]
     picks = rng.choice(len(pool), size=min(shots, len(pool)), replace=False)
     lines = [HEADERS[kind]]
     lines += [f"{', '.join(pool[i][:-1])} => {pool[i][-1]}" for i in picks]
@@ -137,26 +151,60 @@ def few_shot_prompt(kind: str, inputs: Sequence[str], rng: np.random.Generator, 
 
 
 def plan_prompts(classnames: Sequence[str], images: int, cfg: CaptionConfig, phrases: dict[str, list[str]],
-                 rng: np.random.Generator) -> list[dict]:
-    """One planned caption per image: its label (classes take turns), prompt type and query inputs."""
+                 rng: np.random.Generator, labels: Sequence[int] | None = None,
+                 backgrounds: Sequence[Sequence[str]] | None = None) -> list[dict]:
+    """One planned caption per image: its label, prompt type and query inputs.
+
+    ``labels``: each row's class (the template table's; None: classes take turns). ``backgrounds``: the
+    list each class draws its background from (None: ``phrases['backgrounds']`` for every class). As in
+    the reference, the type is drawn by the weights, then a background or relation uniformly.
+    """
     kinds = sorted(k for k, w in cfg.weights.items() if w > 0)
     p = np.array([cfg.weights[k] for k in kinds], dtype=float)
-    backgrounds = phrases.get("backgrounds") or []
+    labels = [i % len(classnames) for i in range(images)] if labels is None else [int(x) for x in labels]
+    if backgrounds is None:
+        backgrounds = [phrases.get("backgrounds") or []] * len(classnames)
     relations = phrases.get("relations") or DEFAULT_RELATIONS
-    if "background" in kinds and not backgrounds:
-        raise ValueError("prompt type 'background' has weight but config key 'prompts.backgrounds' is empty")
+    if "background" in kinds:
+        empty = sorted({classnames[label] for label in labels if not backgrounds[label]})
+        if empty:
+            raise ValueError(f"prompt type 'background' has weight but config key 'prompts.backgrounds' is empty "
+                             f"(the backgrounds of {len(empty)} class(es), e.g. {empty[0]!r})")
     plan = []
-    for i in range(images):
-        label = i % len(classnames)
+    for label in labels:
         kind = kinds[rng.choice(len(kinds), p=p / p.sum())]
         name = cfg.class_template.replace("{c}", classnames[label])
         inputs = [name]
         if kind == "background":
-            inputs.append(backgrounds[rng.integers(len(backgrounds))])
+            inputs.append(backgrounds[label][rng.integers(len(backgrounds[label]))])
         elif kind == "relation":
             inputs.append(relations[rng.integers(len(relations))])
         plan.append({"label": label, "kind": kind, "inputs": inputs})
     return plan
+
+
+def class_pattern(classname: str) -> re.Pattern:
+    """Where a caption names a class: the name as a whole word or phrase, any case, any run of spaces
+    between its words, optionally with a plural "s"/"es"; never inside another word."""
+    words = [re.escape(w) for w in classname.split()]
+    return re.compile(r"(?<!\w)" + r"\s+".join(words) + r"(?:e?s)?(?!\w)", re.IGNORECASE)
+
+
+def naming_share(captions: Sequence[str], classnames: Sequence[str]) -> float | None:
+    """The share of captions that name their class (``classnames[i]`` for ``captions[i]``); None if none.
+
+    The reference checks ``label.lower() in caption.lower()``, its labels without the " car" /
+    " aircraft" it adds for the LM; here the bare class name too, but as a word: "cat" does not count
+    in "concatenate", "cats" does.
+    """
+    if not captions:
+        return None
+    patterns: dict[str, re.Pattern] = {}
+    named = 0
+    for caption, name in zip(captions, classnames, strict=True):
+        pattern = patterns.get(name) or patterns.setdefault(name, class_pattern(name))
+        named += bool(pattern.search(caption))
+    return named / len(captions)
 
 
 def first_line(text: str) -> str:
@@ -206,7 +254,7 @@ class CaptionModel:
 
 def llm_captions(
     plan: list[dict], lm: CaptionModel, rng: np.random.Generator, seed: int,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, examples: dict[str, list[tuple[str, ...]]] | None = None,
 ) -> tuple[list[str | None], dict]:
     """A caption for every planned row, or None where none came after ``max_rounds`` rounds.
 
@@ -224,7 +272,7 @@ def llm_captions(
         if not pending:
             break
         stats["rounds"] += 1
-        prompts = [few_shot_prompt(plan[i]["kind"], plan[i]["inputs"], rng, cfg.shots) for i in pending]
+        prompts = [few_shot_prompt(plan[i]["kind"], plan[i]["inputs"], rng, cfg.shots, examples) for i in pending]
         still = []
         for b in range(0, len(pending), cfg.batch_size):
             rows = pending[b : b + cfg.batch_size]
@@ -249,17 +297,54 @@ def llm_captions(
     return captions, stats
 
 
+def caption_sources(classnames: Sequence[str], settings: dict, cfg: CaptionConfig,
+                    log: Callable[[str], None] = print) -> tuple[list[list[str]], dict, dict]:
+    """Each class's backgrounds, the in-context examples by type, and what came from where (for the
+    stats): the configured files, else the generic ``prompts.backgrounds`` and the built-in examples."""
+    found = class_backgrounds(classnames, settings.get("backgrounds") or [], cfg.backgrounds_file)
+    stats: dict = {}
+    if cfg.backgrounds_file:
+        stats["backgrounds_file"] = cfg.backgrounds_file["path"]
+        stats["classes_without_backgrounds"] = len(found.without_entry)
+        if found.without_entry:
+            log(f"{len(found.without_entry)} class(es) have no entry in {cfg.backgrounds_file['path']} and take "
+                f"the generic prompts.backgrounds: {', '.join(found.without_entry[:10])}"
+                + (" ..." if len(found.without_entry) > 10 else ""))
+    examples = dict(EXAMPLES)
+    if cfg.examples_file:
+        own = read_examples(cfg.examples_file)
+        examples.update(own)
+        stats["examples_file"] = cfg.examples_file
+        stats["builtin_example_types"] = sorted(k for k, w in cfg.weights.items() if w > 0 and k not in own)
+        if stats["builtin_example_types"]:
+            log(f"{cfg.examples_file} has no examples of {stats['builtin_example_types']}: the built-in ones stand in")
+    return found.per_label, examples, stats
+
+
 def caption_table(classnames: Sequence[str], settings: dict, template_table: pa.Table,
                   log: Callable[[str], None] = print) -> tuple[pa.Table, dict]:
     """The generator's prompt table with LLM captions (same rows, keys, labels and shards as the
     template table); a row the LM gave no usable caption for keeps its template prompt."""
     cfg = CaptionConfig.from_settings(settings["llm"])
     rng = np.random.default_rng([settings["seed"], 1])  # a stream apart from the template prompts'
+    backgrounds, examples, source_stats = caption_sources(classnames, settings, cfg, log)  # files before the LM
     phrases = {key: settings.get(key) or [] for key in ("backgrounds", "relations")}
-    plan = plan_prompts(classnames, settings["images"], cfg, phrases, rng)
+    labels = template_table.column("label").to_pylist()
+    plan = plan_prompts(classnames, len(labels), cfg, phrases, rng, labels=labels, backgrounds=backgrounds)
     lm = CaptionModel(cfg)
     log(f"caption LM {cfg.model} on {lm.device}: {len(plan)} captions")
-    captions, stats = llm_captions(plan, lm, rng, settings["seed"], log)
+    captions, stats = llm_captions(plan, lm, rng, settings["seed"], log, examples)
+    stats.update(source_stats)
+    written = [(c, classnames[p["label"]]) for c, p in zip(captions, plan) if c is not None]
+    share = naming_share([c for c, _ in written], [n for _, n in written])
+    stats["names_class"] = None if share is None else round(share, 4)
+    stats["min_naming_share"] = cfg.min_naming_share
+    if share is not None:
+        line = (f"{share:.1%} of {len(written)} LLM captions name their class (case-insensitive, as a word; "
+                f"the reference's sanity bound: 80%)")
+        if share < cfg.min_naming_share:
+            line = f"WARNING: only {line}, below prompts.llm.min_naming_share = {cfg.min_naming_share}"
+        log(line)
     fallback = template_table.column("prompt").to_pylist()
     prompts = [c if c is not None else fallback[i] for i, c in enumerate(captions)]
     sources = ["llm" if c is not None else "template" for c in captions]

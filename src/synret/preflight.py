@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .caption_files import download_hint
 from .config import HUB_ID, canonical, stage_settings, task_definition
 from .tasks import DOWNLOAD_HINTS, FORMATS, required_paths
 
@@ -251,6 +252,29 @@ def check_knn_service(service: dict) -> list[Problem]:
     return []
 
 
+def check_caption_files(files: list[dict]) -> list[Problem]:
+    """The caption LM's backgrounds and examples files (the reference's helper files): present."""
+    return [Problem(f["key"], f"caption file {f['path']!r} does not exist (tasks: {', '.join(f['tasks'])})",
+                    download_hint(f["path"]))
+            for f in files if not os.path.isfile(os.path.expanduser(f["path"]))]
+
+
+def caption_file_spec(config: dict) -> list[dict]:
+    """Each caption file the tasks' prompts.llm names, once, with the config key that names it first."""
+    files: dict[str, dict] = {}
+    for task in config["tasks"]:
+        llm = stage_settings(config, "prompts", task).get("llm") or {}
+        own = (config["task_settings"][task].get("prompts") or {}).get("llm") or {}
+        for name, path in (("backgrounds_file", (llm.get("backgrounds_file") or {}).get("path")),
+                           ("examples_file", llm.get("examples_file"))):
+            if path:
+                key = (f"task_settings.{task}.prompts.llm.{name}" if own.get(name) else f"prompts.llm.{name}")
+                entry = files.setdefault(path, {"path": path, "key": key + (".path" if name == "backgrounds_file"
+                                                                              else ""), "tasks": []})
+                entry["tasks"].append(task)
+    return [files[p] for p in sorted(files)]
+
+
 # ---------------------------------------------------------------- all of it
 
 
@@ -266,6 +290,7 @@ def preflight_problems(spec: dict[str, Any], endpoint: str | None = None) -> lis
         problems += check_diffusers("generator.model", gen["model"], gen.get("cache_dir"), endpoint)
     for llm in spec.get("llms", []):
         problems += check_causal_lm("prompts.llm.model", llm["model"], llm.get("cache_dir"), endpoint)
+    problems += check_caption_files(spec.get("caption_files", []))
     for task, dataset in sorted(spec["datasets"].items()):
         problems += check_dataset(task, dataset)
     if spec.get("pool"):
@@ -285,6 +310,7 @@ def preflight_spec(config: dict) -> dict:
         llms = [stage_settings(config, "prompts", t).get("llm") or {} for t in tasks]  # captioning LLMs, if any
         spec["llms"] = sorted({(m["model"], m.get("cache_dir")) for m in llms if m.get("model")}, key=str)
         spec["llms"] = [{"model": m, "cache_dir": c} for m, c in spec["llms"]]
+        spec["caption_files"] = caption_file_spec(config)
     if "retrieved" in config["sources"]:
         retrieval = [stage_settings(config, "retrieval", t) for t in tasks]
         modalities = sorted({m for r in retrieval if r["knn"]["enabled"] for m in r["knn"]["modalities"]})
@@ -309,5 +335,6 @@ def run_preflight(spec: dict, endpoint: str | None = None) -> dict:
     problems = preflight_problems(spec, endpoint)
     if problems:
         raise PreflightError(report(problems))
-    return {"checked": sorted(k for k in ("clip", "knn_model", "generator", "llms", "pool") if spec.get(k))
+    return {"checked": sorted(k for k in ("caption_files", "clip", "knn_model", "generator", "llms", "pool")
+                              if spec.get(k))
             + [f"dataset:{t}" for t in sorted(spec["datasets"])], "hub_offline": hub_offline()}

@@ -1,9 +1,12 @@
 """Text for both arms: the generator's prompt table and the retrieval queries of a task.
 
 Generator prompts combine the class name with background, attribute and relation phrasings, in the
-spirit of SynCLR's template prompts; classes take turns so every shard holds every class, and the
-choice of phrasing is fixed by the seed. Retrieval queries are the task's retrieval templates filled
-with each class name (for kNN search) and the per-class substring queries (for caption matching).
+spirit of SynCLR's template prompts; the choice of phrasing is fixed by the seed. Each prompt's class
+is chosen by ``class_sampling``: ``turns`` (classes in turn: exact balance, every shard holds every
+class) or ``uniform`` (each prompt's class drawn uniformly at random and independently, seeded, as
+the reference's synthesize_text.py does with ``random.choice``; per-class counts vary binomially).
+Retrieval queries are the task's retrieval templates filled with each class name (for kNN search) and
+the per-class substring queries (for caption matching).
 """
 
 from __future__ import annotations
@@ -32,13 +35,26 @@ def fill_prompt(template: str, classname: str, rng: np.random.Generator, phrases
     return fill_template(text, classname)
 
 
+CLASS_SAMPLING = ("turns", "uniform")
+
+
+def prompt_labels(n_classes: int, images: int, sampling: str, seed: int) -> np.ndarray:
+    """Each prompt's class: in turn (``turns``) or uniformly at random, independently (``uniform``)."""
+    if sampling == "turns":
+        return np.arange(images) % n_classes
+    if sampling == "uniform":  # a stream of its own: the phrasing draws stay those of the seed
+        return np.random.default_rng([seed, 2]).integers(n_classes, size=images)
+    raise ValueError(f"config key 'prompts.class_sampling': {sampling!r} is not one of {', '.join(CLASS_SAMPLING)}")
+
+
 def generator_prompts(classnames: list[str], cfg: dict, shard_size: int) -> pa.Table:
-    """One prompt per synthetic image: ``cfg['images']`` rows, classes in turn, split into shards."""
+    """One prompt per synthetic image: ``cfg['images']`` rows, classes by ``class_sampling``, split into shards."""
     rng = np.random.default_rng(cfg["seed"])
     phrases = {key: cfg.get(key, []) for key in SLOTS.values()}
+    labels = prompt_labels(len(classnames), cfg["images"], cfg.get("class_sampling") or "turns", cfg["seed"])
     rows = {"key": [], "label": [], "classname": [], "prompt": [], "shard": []}
     for i in range(cfg["images"]):
-        label = i % len(classnames)
+        label = int(labels[i])
         template = cfg["templates"][rng.integers(len(cfg["templates"]))]
         rows["key"].append(f"s{i:07d}")
         rows["label"].append(label)
