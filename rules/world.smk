@@ -87,7 +87,7 @@ if WORLD:
             "results/benchmarks/world/index.tsv"
         params:
             factory=WORLD["index"]["factory"],
-            columns=canonical(config["pool"]["columns"]),
+            caption_column=config["pool"]["columns"]["caption"],
         threads: 8  # like the CLIP and generator: the retrieval arm waits for it, so it gets every core
         priority: 20  # before the generator: it needs only the CLIP and takes a fraction of the time
         resources:

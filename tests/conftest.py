@@ -6,6 +6,16 @@ import numpy as np
 import pytest
 import torch
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``full`` (the full schedules of slow calibrations) run only when ``-m`` names them."""
+    if "full" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="full schedule: run with pytest -m full")
+    for item in items:
+        if "full" in item.keywords:
+            item.add_marker(skip)
+
+
 TINY_CLIP_CFG = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},

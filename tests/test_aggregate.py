@@ -330,13 +330,25 @@ def test_source_table_reports_label_fidelity_next_to_zero_shot(grid, tmp_path):
         for source, fidelity in (("synthetic", 0.31), ("retrieved", 0.52)):
             path = tmp_path / f"{task}-{source}.json"
             dropped = {"clip_score": 40} if source == "synthetic" else {"clip_score": 30, "download_failed": 7}
-            path.write_text(json.dumps({"candidates": 100, "kept": 60, "dropped": dropped, "label_fidelity": fidelity,
-                                        "label_fidelity_kept": fidelity + 0.1, "mean_clip_score_kept": 0.2}))
+            leakage = ({"planted_copies": 8, "planted_copies_removed": 6, "planted_copies_kept": 1,
+                        "planted_copy_recall": 0.75} if source == "retrieved" else
+                       {"planted_copies": 0, "planted_copies_removed": 0, "planted_copies_kept": 0,
+                        "planted_copy_recall": None})
+            kept = 60 if task == "shapes" else 25
+            path.write_text(json.dumps({"candidates": 100, "kept": kept, "dropped": dropped, "label_fidelity": fidelity,
+                                        "label_fidelity_kept": fidelity + 0.1, "mean_clip_score_kept": 0.2, **leakage}))
             summaries[(task, source)] = path
     sources = source_table(summaries, table)
-    assert list(sources.columns[:8]) == ["task", "source", "candidates", "kept", "label_fidelity",
-                                         "label_fidelity_kept", "zeroshot_test_top1", "mean_clip_score_kept"]
+    assert list(sources.columns[:13]) == [
+        "task", "source", "candidates", "kept", "largest_scale", "shortfall", "label_fidelity", "label_fidelity_kept",
+        "zeroshot_test_top1", "mean_clip_score_kept", "planted_copies", "planted_copy_recall", "planted_copies_kept"]
     assert len(sources) == 4
     row = sources[(sources["task"] == "colors") & (sources["source"] == "synthetic")].iloc[0]
     assert row["label_fidelity"] == 0.31 and row["zeroshot_test_top1"] == pytest.approx(0.30)
     assert row["dropped_clip_score"] == 40 and row["dropped_download_failed"] == 0
+    largest = max(GRID["scales"])
+    assert row["largest_scale"] == largest and row["shortfall"] == max(0, largest - 25)
+    assert row["planted_copies"] == 0 and pd.isna(row["planted_copy_recall"])
+    leaky = sources[(sources["task"] == "shapes") & (sources["source"] == "retrieved")].iloc[0]
+    assert (leaky["planted_copies"], leaky["planted_copy_recall"], leaky["planted_copies_kept"]) == (8, 0.75, 1)
+    assert leaky["shortfall"] == max(0, largest - 60)

@@ -8,7 +8,9 @@ import pytest
 from PIL import Image
 
 from synret.clip import load_clip
-from synret.curate import MANIFEST_COLUMNS, class_filter, curate, nested_subset, pixel_descriptor, synthetic_rows
+from synret.curate import (
+    MANIFEST_COLUMNS, class_filter, copies_of, curate, nested_subset, pixel_descriptor, synthetic_rows,
+)
 from synret.shards import encode_image, write_shard
 from synret.world.render import perturb
 
@@ -115,6 +117,30 @@ def test_curate_reasons_and_manifest(curation_inputs, tiny_clip_dir):
     assert df["zeroshot_label"].tolist() == by_hand.tolist()
     assert summary["label_fidelity"] == pytest.approx((by_hand == df["label"]).mean())
     assert summary["label_fidelity_kept"] == pytest.approx((by_hand[df["kept"]] == df.loc[df["kept"], "label"]).mean())
+
+
+def test_known_planted_copies_are_counted(curation_inputs, tiny_clip_dir):
+    """Where the pool names the evaluation image a row copies (pool.columns.planted_from), the summary
+    says how many such copies reached the dedup, how many it removed and how many were kept."""
+    rows, task, evals = curation_inputs
+    rows = rows.copy()
+    name = evals["path"].iloc[0].split("/")
+    rows.loc[rows["key"] == "copy", "planted_from"] = "/".join(name[-2:])       # eval/0.png: removed
+    rows.loc[rows["key"] == "s11", "planted_from"] = "/".join(name[-2:-1] + ["1.png"])  # not a pixel copy
+    rows.loc[rows["key"] == "s21", "planted_from"] = "elsewhere/9.png"  # some other task's test image
+    table, summary = curate(rows, task, load_clip(f"local-dir:{tiny_clip_dir}"), evals, CFG, log=lambda m: None)
+    df = table.to_pandas().set_index("key")
+    assert df.loc["copy", "planted_from"] == "eval/0.png" and df["planted_from"].notna().sum() == 3
+    assert summary["planted_copies"] == 2 and summary["planted_copies_removed"] == 1
+    assert summary["planted_copy_recall"] == 0.5
+    assert summary["planted_copies_kept"] == int(df.loc["s11", "kept"])
+
+
+def test_copies_of_matches_paths_and_path_suffixes():
+    paths = pd.Series(["/data/shapes/test/circle/000.png", "results/d/colors/test/red/001.png"])
+    planted = pd.Series(["shapes/test/circle/000.png", "test/red/001.png", "/data/shapes/test/circle/000.png",
+                         "circle/000.png", "hapes/test/circle/000.png", "colors/test/red/000.png", None])
+    assert copies_of(planted, paths).tolist() == [True, True, True, True, False, False, False]
 
 
 def test_curate_with_clip_descriptor_runs(curation_inputs, tiny_clip_dir):

@@ -70,8 +70,9 @@ def test_schema(merged):
     table, _ = merged
     assert table.schema == pa.schema(
         [("label", pa.int32()), ("id", pa.string()), ("url", pa.string()), ("caption", pa.string()),
-         ("query", pa.string()), ("methods", pa.string()), ("score", pa.float32())]
+         ("query", pa.string()), ("methods", pa.string()), ("score", pa.float32()), ("planted_from", pa.string())]
     )
+    assert table.column("planted_from").null_count == table.num_rows  # the hits named no planted copies
 
 
 def test_one_row_per_label_and_id(merged):
@@ -151,7 +152,7 @@ def test_substring_without_nsfw_column():
 def test_no_hits():
     table, counts = merge_candidates(None, None, ["NSFW"])
     assert table.num_rows == 0
-    assert table.column_names == ["label", "id", "url", "caption", "query", "methods", "score"]
+    assert table.column_names == ["label", "id", "url", "caption", "query", "methods", "score", "planted_from"]
     assert counts["hits"] == 0 and counts["candidates"] == 0 and counts["candidates_per_class"] == {}
 
 
@@ -170,3 +171,15 @@ def test_cap_per_class_is_stable_and_nested():
         assert small < large
     shuffled, _ = merge_candidates(_knn(rows[::-1]), None, ["NSFW"], max_per_class=5)
     assert set(shuffled.column("id").to_pylist()) == set(capped[5]["id"])
+
+
+def test_planted_from_is_carried_to_the_candidates():
+    knn = pa.table({"label": pa.array([0, 0], pa.int32()), "query": ["q", "q"], "method": ["knn_image", "knn_text"],
+                    "score": pa.array([0.9, 0.8], pa.float32()), "id": ["7", "7"], "url": ["u7", "u7"],
+                    "caption": ["c", "c"], "nsfw": ["UNLIKELY", "UNLIKELY"],
+                    "planted_from": ["shapes/test/circle/000.png", "shapes/test/circle/000.png"]})
+    substring = pa.table({"label": pa.array([0], pa.int32()), "query": ["circle"], "id": ["8"], "url": ["u8"],
+                          "caption": ["a circle"], "nsfw": ["UNLIKELY"], "planted_from": pa.array([None], pa.string())})
+    table, _ = merge_candidates(knn, substring, ["NSFW"])
+    assert dict(zip(table.column("id").to_pylist(), table.column("planted_from").to_pylist())) == {
+        "7": "shapes/test/circle/000.png", "8": None}

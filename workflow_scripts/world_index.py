@@ -18,7 +18,7 @@ def main(smk, log):
     # images go through the model's own preprocessing, as downloaded images would
     image_emb = embed_images(clip, list(images), batch_size=512)
     log(f"embedded {len(image_emb)} images")
-    text_emb = encode_texts(clip, metadata.column(smk.params.columns["caption"]).to_pylist(), batch_size=1024).numpy()
+    text_emb = encode_texts(clip, metadata.column(smk.params.caption_column).to_pylist(), batch_size=1024).numpy()
     log(f"embedded {len(text_emb)} captions")
     write_index_folder(smk.output[0], image_emb, text_emb, metadata, factory=smk.params.factory)
 

@@ -41,8 +41,8 @@ PAIRED_COLUMNS = [
     "diff_mean_per_class", "diff_mean_per_class_lo", "diff_mean_per_class_hi", "a_only", "b_only", "mcnemar_p",
 ]
 SOURCE_COLUMNS = [
-    "task", "source", "candidates", "kept", "label_fidelity", "label_fidelity_kept", "zeroshot_test_top1",
-    "mean_clip_score_kept",
+    "task", "source", "candidates", "kept", "largest_scale", "shortfall", "label_fidelity", "label_fidelity_kept",
+    "zeroshot_test_top1", "mean_clip_score_kept", "planted_copies", "planted_copy_recall", "planted_copies_kept",
 ]
 ACCURACY_DECIMALS = 4
 SOURCE_STYLE = {
@@ -207,15 +207,23 @@ def compare(table: pd.DataFrame, preds: Predictions, sources: Sequence[str], boo
 
 
 def source_table(summaries: dict[tuple[str, str], str | Path], table: pd.DataFrame) -> pd.DataFrame:
-    """One row per (task, source) from the curation summaries: candidates, kept, dropped by reason,
-    label fidelity (the share of images the task's zero-shot CLIP assigns to their label, of all
-    candidates and of the kept ones) next to that CLIP's own test accuracy."""
+    """One row per (task, source) from the curation summaries: candidates, kept, the shortfall at the
+    grid's largest scale, dropped by reason, label fidelity (the share of images the task's zero-shot
+    CLIP assigns to their label, of all candidates and of the kept ones) next to that CLIP's own test
+    accuracy, and the leakage figures where the pool names its planted copies of evaluation images
+    (known copies that reached the dedup, the share it removed, and any kept)."""
     zeroshot = table[table["source"] == ZEROSHOT].set_index("task")["top1"]
+    largest = table[table["source"] != ZEROSHOT].groupby(["task", "source"])["scale"].max()
     rows = []
     for (task, source), path in summaries.items():
         summary = json.loads(Path(path).read_text())
+        scale = largest.get((task, source))
         rows.append({
             "task": task, "source": source, "candidates": summary["candidates"], "kept": summary["kept"],
+            "largest_scale": None if scale is None else int(scale),
+            "shortfall": None if scale is None else max(0, int(scale) - summary["kept"]),
+            "planted_copies": summary.get("planted_copies", 0), "planted_copy_recall": summary.get("planted_copy_recall"),
+            "planted_copies_kept": summary.get("planted_copies_kept", 0),
             "label_fidelity": summary.get("label_fidelity"), "label_fidelity_kept": summary.get("label_fidelity_kept"),
             "zeroshot_test_top1": zeroshot.get(task), "mean_clip_score_kept": summary.get("mean_clip_score_kept"),
             **{f"dropped_{reason}": n for reason, n in sorted(summary.get("dropped", {}).items())},
@@ -238,7 +246,8 @@ def rounded(df: pd.DataFrame) -> pd.DataFrame:
             out[column] = values.round().astype("Int64") if column == "n_train" and integral else values.round(1)
         elif pd.api.types.is_float_dtype(out[column]) and column not in ("scale",):
             out[column] = out[column].round(ACCURACY_DECIMALS)
-    for column in ("n_test", "steps", "a_only", "b_only"):
+    for column in ("n_test", "steps", "a_only", "b_only", "largest_scale", "shortfall", "planted_copies",
+                   "planted_copies_kept"):
         if column in out:
             out[column] = out[column].astype("Int64")
     return out

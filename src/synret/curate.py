@@ -24,7 +24,7 @@ from .shards import content_hash, decode_image, read_images
 
 MANIFEST_COLUMNS = [
     "key", "label", "classname", "source", "origin", "query", "methods", "shard", "member", "sha256",
-    "clip_score", "zeroshot_label", "dedup_similarity", "dedup_match", "kept", "drop_reason",
+    "clip_score", "zeroshot_label", "dedup_similarity", "dedup_match", "kept", "drop_reason", "planted_from",
 ]
 
 
@@ -33,7 +33,7 @@ def synthetic_rows(manifest: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "key": manifest["key"], "label": manifest["label"].astype(int), "source": "synthetic",
         "origin": manifest["prompt"], "query": None, "methods": "generator", "shard": manifest["shard"],
-        "member": manifest["key"], "sha256": manifest["sha256"], "status": "success",
+        "member": manifest["key"], "sha256": manifest["sha256"], "status": "success", "planted_from": None,
     })
 
 
@@ -44,6 +44,8 @@ def retrieved_rows(manifest: pd.DataFrame) -> pd.DataFrame:
         "label": manifest["label"].astype(int), "source": "retrieved", "origin": manifest["url"],
         "query": manifest["query"], "methods": manifest["methods"], "shard": manifest["shard"],
         "member": manifest["key"], "sha256": manifest["sha256"], "status": manifest["status"],
+        # where the pool says so (pool.columns.planted_from): the evaluation image this item copies
+        "planted_from": manifest["planted_from"] if "planted_from" in manifest else None,
     })
 
 
@@ -112,6 +114,14 @@ def dedup_similarity(candidates: np.ndarray, reference: np.ndarray, chunk: int =
     return best, arg
 
 
+def copies_of(planted_from: pd.Series, eval_paths: pd.Series) -> pd.Series:
+    """Which rows are known copies of one of these evaluation images: their ``planted_from`` is the
+    image's path or a suffix of it after a ``/`` (the pool names the copied image relative to some root)."""
+    paths = [str(p).replace("\\", "/") for p in eval_paths]
+    suffixes = {p[i + 1:] for p in paths for i in range(len(p)) if p[i] == "/"} | set(paths)
+    return planted_from.map(lambda x: isinstance(x, str) and x.replace("\\", "/") in suffixes).astype(bool)
+
+
 def class_filter(scores: pd.Series, top_fraction: float, min_score: float | None, max_per_class: int | None) -> pd.Series:
     """Keep-mask within one class: the top fraction by score, above min_score, at most max_per_class."""
     keep = pd.Series(True, index=scores.index)
@@ -169,7 +179,8 @@ def curate(
         keep = class_filter(group["clip_score"], f["top_fraction"], f.get("min_score"), f.get("max_per_class"))
         rows.loc[keep.index[~keep], "drop_reason"] = "clip_score"
     rows["kept"] = rows["drop_reason"].isna()
-    return pa.Table.from_pandas(rows[MANIFEST_COLUMNS], preserve_index=False), summarize(rows, task)
+    planted = copies_of(rows["planted_from"], eval_items["path"])
+    return pa.Table.from_pandas(rows[MANIFEST_COLUMNS], preserve_index=False), summarize(rows, task, planted)
 
 
 def label_fidelity(rows: pd.DataFrame) -> float | None:
@@ -178,8 +189,22 @@ def label_fidelity(rows: pd.DataFrame) -> float | None:
     return float((have["zeroshot_label"] == have["label"]).mean()) if len(have) else None
 
 
-def summarize(rows: pd.DataFrame, task: dict) -> dict:
+def leakage(rows: pd.DataFrame, planted: pd.Series) -> dict:
+    """Known copies of evaluation images among the candidates (see :func:`copies_of`): how many reached
+    the dedup (had an image, not a repeat within their class), how many it removed, how many were kept."""
+    checked = planted & ~rows["drop_reason"].isin(["download_failed", "duplicate_image"])
+    removed = checked & (rows["drop_reason"] == "near_duplicate_of_eval")
+    return {
+        "planted_copies": int(checked.sum()),
+        "planted_copies_removed": int(removed.sum()),
+        "planted_copies_kept": int((planted & rows["kept"]).sum()),
+        "planted_copy_recall": float(removed.sum() / checked.sum()) if checked.any() else None,
+    }
+
+
+def summarize(rows: pd.DataFrame, task: dict, planted: pd.Series | None = None) -> dict:
     kept = rows[rows["kept"]]
+    planted = pd.Series(False, index=rows.index) if planted is None else planted
     return {
         "candidates": int(len(rows)),
         "kept": int(len(kept)),
@@ -189,6 +214,7 @@ def summarize(rows: pd.DataFrame, task: dict) -> dict:
         "mean_clip_score_kept": float(kept["clip_score"].mean()) if len(kept) else None,
         "label_fidelity": label_fidelity(rows),
         "label_fidelity_kept": label_fidelity(kept),
+        **leakage(rows, planted),
     }
 
 

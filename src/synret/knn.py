@@ -159,7 +159,7 @@ def knn_hits(
 def _hits_table(out: dict, meta: pa.Table, columns: dict[str, str], source: str, key: str) -> pa.Table:
     """The hits (label, query, method, rank, score) with the metadata columns mapped to their roles."""
     table = pa.table({**out, "label": pa.array(out["label"], pa.int32()), "score": pa.array(out["score"], pa.float32())})
-    for role in ("id", "url", "caption", "nsfw"):
+    for role in ("id", "url", "caption", "nsfw", "planted_from"):
         column = columns.get(role)
         if column:
             if column not in meta.column_names:

@@ -12,11 +12,11 @@ import hashlib
 import pandas as pd
 import pyarrow as pa
 
-HIT_COLUMNS = ["label", "query", "method", "score", "id", "url", "caption", "nsfw"]
+HIT_COLUMNS = ["label", "query", "method", "score", "id", "url", "caption", "nsfw", "planted_from"]
 
 
 HIT_TYPES = {"label": "int64", "query": "object", "method": "object", "score": "float64", "id": "object",
-             "url": "object", "caption": "object", "nsfw": "object"}
+             "url": "object", "caption": "object", "nsfw": "object", "planted_from": "object"}
 
 
 def _normalise(table: pa.Table, method: str | None) -> pd.DataFrame:
@@ -68,6 +68,7 @@ def merge_candidates(
         query=("query", "first"),
         methods=("method", lambda m: "+".join(sorted(set(m)))),
         score=("score", "max"),
+        planted_from=("planted_from", "first"),
     ).reset_index()
     counts["candidates_before_cap"] = int(len(candidates))
     candidates = cap_per_class(candidates, max_per_class).reset_index(drop=True)
@@ -78,6 +79,7 @@ def merge_candidates(
     counts["unique_urls"] = int(candidates["url"].nunique())
     table = pa.Table.from_pandas(candidates, preserve_index=False).cast(
         pa.schema([("label", pa.int32()), ("id", pa.string()), ("url", pa.string()), ("caption", pa.string()),
-                   ("query", pa.string()), ("methods", pa.string()), ("score", pa.float32())])
+                   ("query", pa.string()), ("methods", pa.string()), ("score", pa.float32()),
+                   ("planted_from", pa.string())])
     )
     return table, counts
