@@ -302,6 +302,27 @@ def test_pool_metadata_glob_without_files(config, tmp_path):
     check_config(config, SCHEMA)
 
 
+def test_isc_dedup_needs_its_weights_file(config, tmp_path):
+    config["curate"]["dedup"] = {"descriptor": "isc", "threshold": 0.604169, "splits": ["test"]}
+    message = _problems(config)
+    assert "config key 'curate.dedup.weights': required where curate.dedup.descriptor is isc" in message
+    assert f"(tasks {', '.join(config['tasks'])})" in message
+    config["curate"]["dedup"]["weights"] = str(tmp_path / "isc_ft_v107.pth.tar")
+    message = _problems(config)
+    assert "config key 'curate.dedup.weights': ISC copy-detection weights file" in message
+    assert repr(str(tmp_path / "isc_ft_v107.pth.tar")) in message
+    (tmp_path / "isc_ft_v107.pth.tar").write_bytes(b"")  # its contents are the preflight's to check
+    check_config(config, SCHEMA)
+
+
+def test_isc_dedup_in_one_task_override(config):
+    config["task_settings"]["shapes"]["curate"] = {"dedup": {"descriptor": "isc"}}
+    message = _problems(config)
+    assert "config key 'curate.dedup.weights': required where curate.dedup.descriptor is isc (task shapes)" in message
+    config["curate"]["dedup"]["weights"] = 3
+    assert "config key 'curate.dedup.weights': 3 is not of type 'string', 'null'" in _problems(config)
+
+
 # ---------------------------------------------------------------- settings slices
 
 

@@ -29,6 +29,11 @@ from synret.copydetect import (
     preprocess,
     read_checkpoint,
 )
+from synret.curate import dedup_descriptors
+from synret.preflight import check_copydetect
+
+ISC = {"descriptor": "isc", "threshold": copydetect.THRESHOLD, "splits": ["test"]}
+
 
 def released_checkpoint(state: dict, input_size: int = 512, arch: str = "tf_efficientnetv2_m_in21ft1k") -> dict:
     """A checkpoint laid out as the release's: v107.py's save_checkpoint under DistributedDataParallel."""
@@ -212,3 +217,16 @@ def test_descriptors_shape_norm_and_identical_images(released, images):
     assert similarity[0, 2] == pytest.approx(1.0, abs=1e-5)
     assert similarity[0, 1] < 1 - 1e-3
     assert describe([], path).shape == (0, DIM)
+
+
+def test_curate_dispatches_to_the_isc_descriptor(released, images):
+    path, _ = released
+    desc = dedup_descriptors(None, [images["a_path"]], {**ISC, "weights": path}, batch_size=512, device="cpu",
+                             clip_emb=np.zeros((1, 8), np.float32))  # CLIP embeddings are not used
+    assert desc.shape == (1, DIM) and np.linalg.norm(desc) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_preflight_accepts_the_released_format_and_names_what_is_wrong(released, tmp_path):
+    assert check_copydetect(CONFIG_KEY, released[0]) == []
+    (problem,) = check_copydetect(CONFIG_KEY, str(tmp_path / "absent.pth.tar"))
+    assert problem.key == CONFIG_KEY and "does not exist" in problem.what and WEIGHTS_URL in problem.how
