@@ -212,12 +212,23 @@ def as_rgb(item: Image.Image | bytes | str | os.PathLike | np.ndarray) -> Image.
         return image.convert("RGB")
 
 
-def preprocess(image: Image.Image, size: int = INPUT_SIZE) -> torch.Tensor:
-    """(3, size, size) float32: bilinear resize to a square, [0, 1], then (x - mean) / std."""
+def resized_pixels(image: Image.Image, size: int = INPUT_SIZE) -> torch.Tensor:
+    """(3, size, size) uint8: the image bilinearly resized to a square (as torchvision's Resize does a PIL image)."""
     resized = image.convert("RGB").resize((size, size), Image.BILINEAR)
-    x = torch.from_numpy(np.asarray(resized, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
-    mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
+    return torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def normalize(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 3, H, W) to float32 in [0, 1], then (x - mean) / std, on the tensor's device."""
+    x = pixels.float() / 255.0
+    mean = torch.tensor(MEAN, device=x.device).view(3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(3, 1, 1)
     return (x - mean) / std
+
+
+def preprocess(image: Image.Image, size: int = INPUT_SIZE) -> torch.Tensor:
+    """(3, size, size) float32: the package's Resize((size, size)), ToTensor and Normalize."""
+    return normalize(resized_pixels(image, size))
 
 
 @torch.no_grad()
@@ -226,13 +237,15 @@ def describe(items: Sequence, weights: str, device: str | torch.device = "cpu",
     """ISC descriptors of ``items`` (PIL images, encoded bytes or paths): float32 (n, 256), unit norm, in order.
 
     Computed in fp32 (the threshold was set on fp32 descriptors), ``batch_size`` images at a time;
-    the descriptors do not depend on the batch size.
+    the descriptors do not depend on the batch size. Images are decoded and resized here and sent to
+    the device as uint8, where they are normalised (a quarter of the bytes, and less CPU work).
     """
     if len(items) == 0:
         return np.zeros((0, DIM), dtype=np.float32)
     detector = load_detector(weights, device)
     out = []
     for start in range(0, len(items), batch_size):
-        batch = torch.stack([preprocess(as_rgb(x), detector.input_size) for x in items[start : start + batch_size]])
-        out.append(detector.model(batch.to(device)).float().cpu().numpy())
+        batch = items[start : start + batch_size]
+        pixels = torch.stack([resized_pixels(as_rgb(x), detector.input_size) for x in batch])
+        out.append(detector.model(normalize(pixels.to(device))).float().cpu().numpy())
     return np.concatenate(out).astype(np.float32)
