@@ -28,6 +28,7 @@ from synret.config import (
     check_config,
     expected_cells,
     knn_model_settings,
+    pool_columns,
     produced_by_world,
     serve_settings,
     shard_count,

@@ -18,7 +18,7 @@ rule knn_query:
     params:
         knn=lambda wildcards: knn_settings(retrieval_setting("knn")(wildcards), config["pool"]),
         model=knn_model_params(),
-        columns=canonical(config["pool"]["columns"]),
+        columns=pool_columns(config),
     threads: 2
     resources:
         mem_mb=sized("mem_mb", "knn_query"),
@@ -39,7 +39,7 @@ rule substring_scan:
     log:
         "logs/retrieval/{task}/substring-{part}.log",
     params:
-        columns=canonical(config["pool"]["columns"]),
+        columns=pool_columns(config),
     resources:
         mem_mb=sized("mem_mb", "substring_scan"),
         runtime=sized("runtime", "substring_scan"),

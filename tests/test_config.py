@@ -69,7 +69,7 @@ def test_smoke_overlay_merged_over_config_is_valid(config):
     assert merged["tasks"] == smoke["tasks"]
     assert merged["prompts"]["images"] == smoke["prompts"]["images"]
     assert merged["prompts"]["templates"] == config["prompts"]["templates"]
-    assert merged["retrieval"]["knn"] == {**config["retrieval"]["knn"], "k": smoke["retrieval"]["knn"]["k"]}
+    assert merged["retrieval"]["knn"] == {**config["retrieval"]["knn"], **smoke["retrieval"]["knn"]}
     assert merged["world"]["pool"]["nsfw_fraction"] == config["world"]["pool"]["nsfw_fraction"]
 
 
@@ -97,7 +97,7 @@ def test_unknown_key_names_dotted_key_and_unknown_name(config):
     message = _problems(config)
     assert "'retrieval.knn'" in message
     assert "'neighbours'" in message
-    assert "allowed: enabled, k, modalities" in message
+    assert "allowed: deduplicate, enabled, k, modalities" in message
 
 
 def test_unknown_top_level_key(config):
@@ -321,6 +321,27 @@ def test_pool_metadata_glob_without_files(config, tmp_path):
     check_config(config, SCHEMA)
 
 
+def test_isc_dedup_needs_its_weights_file(config, tmp_path):
+    config["curate"]["dedup"] = {"descriptor": "isc", "threshold": 0.604169, "splits": ["test"]}
+    message = _problems(config)
+    assert "config key 'curate.dedup.weights': required where curate.dedup.descriptor is isc" in message
+    assert f"(tasks {', '.join(config['tasks'])})" in message
+    config["curate"]["dedup"]["weights"] = str(tmp_path / "isc_ft_v107.pth.tar")
+    message = _problems(config)
+    assert "config key 'curate.dedup.weights': ISC copy-detection weights file" in message
+    assert repr(str(tmp_path / "isc_ft_v107.pth.tar")) in message
+    (tmp_path / "isc_ft_v107.pth.tar").write_bytes(b"")  # its contents are the preflight's to check
+    check_config(config, SCHEMA)
+
+
+def test_isc_dedup_in_one_task_override(config):
+    config["task_settings"]["shapes"]["curate"] = {"dedup": {"descriptor": "isc"}}
+    message = _problems(config)
+    assert "config key 'curate.dedup.weights': required where curate.dedup.descriptor is isc (task shapes)" in message
+    config["curate"]["dedup"]["weights"] = 3
+    assert "config key 'curate.dedup.weights': 3 is not of type 'string', 'null'" in _problems(config)
+
+
 # ---------------------------------------------------------------- settings slices
 
 
@@ -344,7 +365,7 @@ def test_stage_settings_override_only_affects_its_task(config):
 def test_stage_settings_merges_nested_overrides(config):
     config["task_settings"]["shapes"]["retrieval"] = {"knn": {"k": 5}}
     knn = stage_settings(config, "retrieval", "shapes")["knn"]
-    assert knn == {"enabled": True, "k": 5, "modalities": ["image", "text"], "nprobe": None}
+    assert knn == {"deduplicate": False, "enabled": True, "k": 5, "modalities": ["image", "text"], "nprobe": None}
 
 
 def test_stage_settings_are_canonical(config):

@@ -45,6 +45,9 @@ def stand_ins(workdir: Path, config: dict) -> None:
     for entry in preflight_spec(config)["caption_files"]:  # the reference's caption files
         Path(workdir, entry["path"]).parent.mkdir(parents=True, exist_ok=True)
         Path(workdir, entry["path"]).touch()
+    weights = Path(workdir, config["curate"]["dedup"]["weights"])  # the ISC dedup descriptor's
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    weights.touch()
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -83,6 +86,10 @@ def test_paper_protocol(paper):
     retrieval = stage_settings(paper, "retrieval", "dtd")
     assert retrieval["knn"]["k"] == 500 and retrieval["download"]["image_size"] == 256
     assert "NSFW" in retrieval["drop_nsfw"]
+    for task in paper["tasks"]:  # [ref] the ISC-2021 descriptor against the test split, at the reference's threshold
+        dedup = stage_settings(paper, "curate", task)["dedup"]
+        assert (dedup["descriptor"], dedup["threshold"], dedup["splits"]) == ("isc", 0.604169, ["test"])
+        assert dedup["weights"].endswith("isc_ft_v107.pth.tar")
 
 
 def test_paper_templates_and_splits(paper):
@@ -125,6 +132,7 @@ def test_preflight_spec_names_everything_the_grid_needs(paper):
          "tasks": ["imagenet"]},
         {"path": ref + "utils.py", "key": "prompts.llm.examples_file", "tasks": paper["tasks"]},
     ]
+    assert spec["copydetect"] == [{"key": "curate.dedup.weights", "path": paper["curate"]["dedup"]["weights"]}]
 
 
 def test_paper_captions_follow_the_reference(paper):
@@ -188,5 +196,6 @@ def test_without_data_the_run_stops_before_any_job_naming_every_missing_path(tmp
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "config key 'pool.metadata'" in out and "config key 'task_settings.stanford_cars.dataset.root'" in out
+    assert "config key 'curate.dedup.weights'" in out
     assert "README, \"Running the paper's experiment\"" in out
     assert "Traceback" not in out

@@ -308,6 +308,25 @@ def test_llm_is_part_of_the_spec_only_when_configured(tmp_path):
     assert preflight_spec(without)["llms"] == []
 
 
+def test_isc_weights_are_checked_where_curation_uses_them(tmp_path):
+    """The file is loaded and its keys compared with the network's (tests/test_copydetect.py passes a
+    good one); a missing or broken file is one problem saying where to download it."""
+    from synret.config import deep_merge
+    from synret.preflight import check_copydetect, preflight_spec
+
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    assert "copydetect" not in preflight_spec(config)  # pixels: nothing to check, the spec unchanged
+    weights = str(tmp_path / "isc_ft_v107.pth.tar")
+    isc = deep_merge(config, {"curate": {"dedup": {"descriptor": "isc", "weights": weights}}})
+    assert preflight_spec(isc)["copydetect"] == [{"key": "curate.dedup.weights", "path": weights}]
+    (problem,) = check_copydetect("curate.dedup.weights", weights)
+    assert problem.key == "curate.dedup.weights" and "does not exist" in problem.what
+    assert "releases/download/v1.0.1/isc_ft_v107.pth.tar" in problem.how
+    Path(weights).write_bytes(b"<html>Not Found</html>")  # what a failed download leaves
+    (problem,) = check_copydetect("curate.dedup.weights", weights)
+    assert "not a readable torch checkpoint" in problem.what
+
+
 def test_preflight_passes_and_a_rerun_of_it_reruns_nothing_else(tmp_path, tiny_clip_dir):
     """The marker is an ancient input of the task rule: a config edit that reruns only the preflight
     (here clip.cache_dir, which no task job depends on) leaves the finished task alone. And a benchmark

@@ -93,6 +93,16 @@ def test_captioning_is_sized_by_the_number_of_prompts(real):
     assert estimate("generator_prompts_llm", real, CELL)["mem_mb"] >= 28_000  # a 7B model in 16 bit, loaded
 
 
+def test_isc_dedup_adds_its_network_and_images(real):
+    isc = deep_merge(real, {"curate": {"dedup": {"descriptor": "isc", "weights": "isc_ft_v107.pth.tar"}}})
+    base, with_isc = estimate("curate", real, CELL), estimate("curate", isc, CELL)
+    assert with_isc["mem_mb"] > base["mem_mb"] and with_isc["runtime"] > base["runtime"]
+    # every candidate goes through it: at least the task's synthetic images, or what the shards hold
+    more = deep_merge(isc, {"prompts": {"images": 250_000}})
+    assert estimate("curate", more, CELL)["runtime"] > estimate("curate", isc, CELL)["runtime"] + 60
+    assert estimate("curate", isc, CELL, input_mb=lambda: 5000.0)["runtime"] > with_isc["runtime"] + 60
+
+
 def test_real_models_ask_for_more_than_the_demo(demo, real):
     for job in ("synthesize_shard", "finetune", "zeroshot", "curate"):
         assert estimate(job, real, CELL)["mem_mb"] > estimate(job, demo, CELL)["mem_mb"]

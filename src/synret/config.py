@@ -64,6 +64,18 @@ def deep_merge(base: dict, override: dict | None) -> dict:
     return out
 
 
+WORLD_PLANTED_COLUMN = "planted_from"  # written by synret.world.build
+
+
+def pool_columns(config: dict) -> dict:
+    """``pool.columns``, plus the demo world's ``planted_from`` column when the world builds the pool
+    and the config names none (the world knows which of its pool images copy a test image)."""
+    columns = dict(config["pool"]["columns"])
+    if config.get("world") and "planted_from" not in columns:
+        columns["planted_from"] = WORLD_PLANTED_COLUMN
+    return canonical(columns)
+
+
 def stage_settings(config: dict, stage: str, task: str) -> dict:
     """The settings of one stage for one task: the global block with the task's override merged in."""
     if stage not in STAGES:
@@ -168,7 +180,15 @@ def path_errors(config: dict) -> list[str]:
             need("pool.serve.root", pool["serve"]["root"], "served folder")
     for task in config["tasks"]:
         need(f"task_settings.{task}.dataset.root", config["task_settings"][task]["dataset"]["root"], "dataset root")
+    for weights in sorted({isc_weights_of(config, t) for t in config["tasks"]} - {None}):
+        need("curate.dedup.weights", weights, "ISC copy-detection weights file")
     return problems
+
+
+def isc_weights_of(config: dict, task: str) -> str | None:
+    """The ISC weights file a task's curation dedups with, or None where it uses another descriptor."""
+    dedup = stage_settings(config, "curate", task)["dedup"]
+    return dedup.get("weights") if dedup.get("descriptor") == "isc" else None
 
 
 def semantic_errors(config: dict) -> list[str]:
@@ -183,6 +203,12 @@ def semantic_errors(config: dict) -> list[str]:
         retrieval = stage_settings(config, "retrieval", task)
         if "retrieved" in config["sources"] and not (retrieval["knn"]["enabled"] or retrieval["substring"]["enabled"]):
             problems.append(f"config key 'retrieval' (task {task}): enable knn or substring retrieval")
+    lacking = [t for t in config["tasks"] if stage_settings(config, "curate", t)["dedup"].get("descriptor") == "isc"
+               and not isc_weights_of(config, t)]
+    if lacking:
+        problems.append(f"config key 'curate.dedup.weights': required where curate.dedup.descriptor is isc "
+                        f"(task{'s' * (len(lacking) > 1)} {', '.join(lacking)}): the path of the downloaded "
+                        "isc_ft_v107.pth.tar")
     serve = config["pool"].get("serve")
     if serve and not (serve.get("base_url") or config.get("world")):
         problems.append("config key 'pool.serve.base_url': needed to serve a pool folder when there is no 'world'")

@@ -4,7 +4,8 @@ and the nested training subsets of the grid.
 Every image of the source gets one row in the curated manifest, kept or not, with the reason it was
 dropped. Reasons are checked in this order: ``download_failed`` (no image), ``duplicate_image``
 (same bytes already listed for the class), ``near_duplicate_of_eval`` (descriptor similarity to some
-val/test image above the threshold: the paper's test-set dedup, done for both arms), and
+val/test image above the threshold: the paper's test-set dedup, done for both arms; the descriptor is
+CLIP's embedding, shrunk pixels, or the reference's ISC-2021 copy-detection network, ``synret.copydetect``), and
 ``clip_score`` (below its class's top-fraction cut, the optional minimum score, or the per-class cap).
 """
 
@@ -18,6 +19,7 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
+from . import copydetect
 from .clip import LoadedClip, zero_shot_weights
 from .embed import embed_images
 from .shards import content_hash, decode_image, read_images
@@ -64,11 +66,17 @@ def dedup_descriptors(
     clip: LoadedClip, items: list, dedup: dict, batch_size: int, device: str, clip_emb: np.ndarray | None = None,
     precision: str = "fp32",
 ) -> np.ndarray:
-    """Dedup descriptors of images given as bytes or paths (``clip_emb``: their CLIP embeddings, if known)."""
+    """Dedup descriptors of images given as bytes or paths (``clip_emb``: their CLIP embeddings, if known).
+
+    ``isc`` descriptors are computed in fp32 whatever ``precision`` says, at most ``copydetect.BATCH_SIZE``
+    images at a time (512 px images through EfficientNetV2-M need far more memory than CLIP's batches)."""
     if dedup["descriptor"] == "clip":
         if clip_emb is not None:
             return clip_emb
         return embed_images(clip, items, batch_size=batch_size, device=device, precision=precision)
+    if dedup["descriptor"] == "isc":
+        return copydetect.describe(items, dedup["weights"], device=device,
+                                   batch_size=min(batch_size, copydetect.BATCH_SIZE))
     size = dedup["pixel_size"]
     pixels = [pixel_descriptor(decode_image(x) if isinstance(x, bytes) else Image.open(x), size) for x in items]
     return np.stack(pixels) if pixels else np.zeros((0, 3 * size * size), np.float32)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .caption_files import download_hint
-from .config import HUB_ID, canonical, stage_settings, task_definition
+from .config import HUB_ID, canonical, isc_weights_of, stage_settings, task_definition
 from .tasks import DOWNLOAD_HINTS, FORMATS, required_paths
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -174,6 +174,17 @@ def check_causal_lm(key: str, model: str, cache_dir: str | None, endpoint: str |
     return check_hub_files(key, model, [("config.json",), TRANSFORMERS_WEIGHTS], cache_dir, endpoint, "LLM")
 
 
+def check_copydetect(key: str, path: str) -> list[Problem]:
+    """The ISC copy-detection weights: a readable checkpoint whose keys and shapes fit the network."""
+    from .copydetect import DOWNLOAD_HINT, WeightsError, load_detector
+
+    try:
+        load_detector(path, "cpu")
+    except WeightsError as e:
+        return [Problem(key, e.what, DOWNLOAD_HINT)]
+    return []
+
+
 # ---------------------------------------------------------------- data
 
 
@@ -295,6 +306,8 @@ def preflight_problems(spec: dict[str, Any], endpoint: str | None = None) -> lis
         problems += check_dataset(task, dataset)
     if spec.get("pool"):
         problems += check_pool(spec["pool"], spec["retrieval"])
+    for weights in spec.get("copydetect", []):
+        problems += check_copydetect(weights["key"], weights["path"])
     return problems
 
 
@@ -320,6 +333,9 @@ def preflight_spec(config: dict) -> dict:
         service = config["pool"].get("knn_service") or {}
         if modalities and service.get("query", "embedding") == "embedding":  # queries are embedded here
             spec["knn_model"] = config["pool"].get("knn_model") or config["clip"]["model"]
+    weights = {isc_weights_of(config, t) for t in tasks} - {None}  # the ISC dedup descriptor's, where used
+    if weights:
+        spec["copydetect"] = [{"key": "curate.dedup.weights", "path": w} for w in sorted(weights)]
     return canonical(spec)
 
 
@@ -335,6 +351,6 @@ def run_preflight(spec: dict, endpoint: str | None = None) -> dict:
     problems = preflight_problems(spec, endpoint)
     if problems:
         raise PreflightError(report(problems))
-    return {"checked": sorted(k for k in ("caption_files", "clip", "knn_model", "generator", "llms", "pool")
-                              if spec.get(k))
+    checked = ("caption_files", "clip", "knn_model", "generator", "llms", "pool", "copydetect")
+    return {"checked": sorted(k for k in checked if spec.get(k))
             + [f"dataset:{t}" for t in sorted(spec["datasets"])], "hub_offline": hub_offline()}

@@ -40,6 +40,13 @@ SECONDS_PER_EVAL_IMAGE = 0.005
 SECONDS_PER_DOWNLOAD = 0.5  # one URL with img2dataset, per download thread
 SECONDS_PER_CAPTION = 0.1  # one caption from a 7B causal LM, batched (~0.03 s on a current GPU)
 LLM_MB = 32000  # a 7B model loaded in 16 bit is ~14 GB of host memory, which loading can double
+# the ISC copy-detection dedup (synret.copydetect): EfficientNetV2-M at 512 px, ~25 GFLOPs an image in fp32
+# (~5 ms on a current GPU, and as much to decode and resize it on the job's CPU threads)
+SECONDS_PER_ISC_IMAGE = 0.02
+ISC_MB = 2000  # its checkpoint read whole (a training checkpoint: 210 MB of weights, maybe as much optimizer
+# state), the network, and a batch of 64 images at 512 px
+IMAGES_PER_MB = 100  # encoded 256 px images (~10-20 kB each), counted generously
+EVAL_IMAGES = 50000  # evaluation images to describe: at most ImageNet's 50,000 val images in the paper's tasks
 
 MIN_RUNTIME = 10  # minutes; scheduling and start-up dominate below this
 
@@ -95,7 +102,15 @@ def _curate(config, wildcards, input_mb):
     kind = _kind(config, "clip")
     # scores every candidate and embeds the evaluation images for dedup: the images' size on disk,
     # decoded (x4), plus a batch in flight
-    return CLIP_MB[kind] + 4 * input_mb() + s["batch_size"] * 224 * 224 * 3 * 4 / 1e6, 1200
+    mem, seconds = CLIP_MB[kind] + 4 * input_mb() + s["batch_size"] * 224 * 224 * 3 * 4 / 1e6, 1200
+    if s["dedup"].get("descriptor") == "isc":
+        # the copy-detection network too, and every candidate and evaluation image through it: candidates
+        # counted from the shards' size on disk, but at least the task's synthetic images (the retrieved
+        # arm's shards are a folder, whose size Snakemake does not see)
+        mem += ISC_MB
+        candidates = max(stage_settings(config, "prompts", wildcards["task"])["images"], IMAGES_PER_MB * input_mb())
+        seconds += (candidates + EVAL_IMAGES) * SECONDS_PER_ISC_IMAGE
+    return mem, seconds
 
 
 def _fetch_retrieved(config, wildcards, input_mb):

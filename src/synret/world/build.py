@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from ..config import WORLD_PLANTED_COLUMN
 from .captions import captions
 from .render import FACTORS, Attributes, Style, factor_index, perturb, render, sample_attributes
 
@@ -169,7 +170,7 @@ def build_world_data(cfg: dict[str, Any], pool_dir: str | Path, datasets_dir: st
             "LICENSE": ["?"] * len(ids),
             "NSFW": nsfw,
             **{f"true_{f}": attrs.names(f) for f in FACTORS},
-            "planted_from": origins,
+            WORLD_PLANTED_COLUMN: origins,
         }
     )
     parts = int(pool_cfg["parts"])
