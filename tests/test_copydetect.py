@@ -230,3 +230,22 @@ def test_preflight_accepts_the_released_format_and_names_what_is_wrong(released,
     assert check_copydetect(CONFIG_KEY, released[0]) == []
     (problem,) = check_copydetect(CONFIG_KEY, str(tmp_path / "absent.pth.tar"))
     assert problem.key == CONFIG_KEY and "does not exist" in problem.what and WEIGHTS_URL in problem.how
+
+
+def test_leakage_calibration_runs_through_the_isc_descriptor(released, images, tmp_path):
+    """The paper config's descriptor goes through the same calibration as the demo's (its figures need
+    the released weights: benchmarks/leakage_calibration.py). With random weights only an exact copy,
+    stored the synthetic arm's way at the same size, is sure to be caught."""
+    from synret.leakage import arm_storage, calibrate
+
+    path, _ = released
+    original = images["a"].resize((64, 64))
+    original.save(tmp_path / "test.png")
+    images["b"].save(tmp_path / "other.png")
+    copies = [(0, "exact", original.copy())]
+    store = arm_storage("synthetic", {"save_size": 64, "image_format": "png"})
+    result = calibrate(None, {**ISC, "weights": path, "threshold": 0.604169},
+                       [str(tmp_path / "test.png"), str(tmp_path / "other.png")], [0], copies, [], store)
+    assert result["descriptor"] == "isc" and result["recall"] == 1.0 and result["matched_own_original"] == 1.0
+    assert result["copy_similarity"]["1.0"] == pytest.approx(1.0, abs=1e-4)
+    assert result["lookalikes"] == 0 and result["false_positive_rate"] is None

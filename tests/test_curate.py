@@ -178,3 +178,25 @@ def test_clip_score_against_the_class_text_averaged_as_configured(curation_input
     images = read_images(have["shard"].iloc[0], have["member"])
     emb = embed_images(clip, [images[m] for m in have["member"]])
     np.testing.assert_allclose(have["clip_score"], np.einsum("nd,nd->n", emb, text[have["label"]]), atol=1e-5)
+
+
+def test_filter_first_dedups_among_the_kept(curation_inputs, tiny_clip_dir):
+    """The reference's order: the CLIP-score cut over all of a class's images, then the dedup among the
+    kept; a copy of an evaluation image below the cut is dropped for its score, not as a copy."""
+    rows, task, evals = curation_inputs
+    clip = load_clip(f"local-dir:{tiny_clip_dir}")
+    first, _ = curate(rows, task, clip, evals, CFG, log=lambda m: None)
+    later, summary = curate(rows, task, clip, evals, {**CFG, "order": "filter_first"}, log=lambda m: None)
+    a, b = first.to_pandas().set_index("key"), later.to_pandas().set_index("key")
+    # class 0 holds the copy: its cut is taken over all its images, the copy among them
+    zero = b[(b["label"] == 0) & (b["drop_reason"] != "duplicate_image")]
+    f = CFG["filter"]
+    passed = class_filter(zero["clip_score"], f["top_fraction"], f.get("min_score"), f.get("max_per_class"))
+    assert b.loc["copy", "drop_reason"] == ("near_duplicate_of_eval" if passed["copy"] else "clip_score")
+    assert b.loc[zero.index, "kept"].equals(passed & (zero.index != "copy"))
+    # other classes are the same either way
+    others = a["label"] != 0
+    assert a.loc[others, "kept"].equals(b.loc[others, "kept"])
+    assert summary["planted_copies"] == 0
+    with pytest.raises(ValueError, match="'curate.order'"):
+        curate(rows, task, clip, evals, {**CFG, "order": "whenever"}, log=lambda m: None)

@@ -6,7 +6,8 @@ dropped. Reasons are checked in this order: ``download_failed`` (no image), ``du
 (same bytes already listed for the class), ``near_duplicate_of_eval`` (descriptor similarity to some
 val/test image above the threshold: the paper's test-set dedup, done for both arms; the descriptor is
 CLIP's embedding, shrunk pixels, or the reference's ISC-2021 copy-detection network, ``synret.copydetect``), and
-``clip_score`` (below its class's top-fraction cut, the optional minimum score, or the per-class cap).
+``clip_score`` (below its class's top-fraction cut, the optional minimum score, or the per-class cap);
+with ``order: filter_first`` (the reference's order) the CLIP-score cut comes before the dedup.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from . import copydetect
 from .clip import LoadedClip, zero_shot_weights
 from .embed import embed_images
 from .shards import content_hash, decode_image, read_images
+
+# near-duplicates of evaluation images dropped before the per-class CLIP-score cut (the kept top fraction
+# is of eligible images), or after it among the kept (the reference's order: filter, then dedup)
+ORDERS = ("dedup_first", "filter_first")
 
 MANIFEST_COLUMNS = [
     "key", "label", "classname", "source", "origin", "query", "methods", "shard", "member", "sha256",
@@ -162,15 +167,26 @@ def curate(
     eval_desc = dedup_descriptors(clip, list(eval_items["path"]), cfg["dedup"], cfg["batch_size"], device,
                                   precision=precision)
 
-    # exact duplicates within a class, then near-duplicates of evaluation images
+    # exact duplicates within a class; near-duplicates of evaluation images are marked before or after
+    # the CLIP-score filter, as ``order`` says
     pending = rows["drop_reason"].isna()
     repeat = rows.duplicated(["label", "sha256"], keep="first") & pending
     rows.loc[repeat, "drop_reason"] = "duplicate_image"
     sim, match = dedup_similarity(desc, eval_desc)
     rows["dedup_similarity"] = np.where(np.isfinite(sim), sim, np.nan)
     rows["dedup_match"] = [eval_items["key"].iloc[m] if m >= 0 else None for m in match]
-    near = (rows["dedup_similarity"] > cfg["dedup"]["threshold"]) & rows["drop_reason"].isna()
-    rows.loc[near, "drop_reason"] = "near_duplicate_of_eval"
+    order = cfg.get("order", "dedup_first")
+    if order not in ORDERS:
+        raise ValueError(f"config key 'curate.order': {order!r} is not one of {', '.join(ORDERS)}")
+
+    def drop_near_duplicates() -> pd.Series:
+        examined = rows["drop_reason"].isna()
+        rows.loc[examined & (rows["dedup_similarity"] > cfg["dedup"]["threshold"]), "drop_reason"] = \
+            "near_duplicate_of_eval"
+        return examined
+
+    if order == "dedup_first":
+        examined = drop_near_duplicates()
 
     # CLIP score against the image's own class, then the per-class filter
     text = zero_shot_weights(clip, task["classnames"], task["filter_templates"], device=device,
@@ -186,8 +202,10 @@ def curate(
     for label, group in rows[rows["drop_reason"].isna()].groupby("label"):
         keep = class_filter(group["clip_score"], f["top_fraction"], f.get("min_score"), f.get("max_per_class"))
         rows.loc[keep.index[~keep], "drop_reason"] = "clip_score"
+    if order == "filter_first":
+        examined = drop_near_duplicates()
     rows["kept"] = rows["drop_reason"].isna()
-    planted = copies_of(rows["planted_from"], eval_items["path"])
+    planted = copies_of(rows["planted_from"], eval_items["path"]) & examined
     return pa.Table.from_pandas(rows[MANIFEST_COLUMNS], preserve_index=False), summarize(rows, task, planted)
 
 
@@ -198,15 +216,14 @@ def label_fidelity(rows: pd.DataFrame) -> float | None:
 
 
 def leakage(rows: pd.DataFrame, planted: pd.Series) -> dict:
-    """Known copies of evaluation images among the candidates (see :func:`copies_of`): how many reached
-    the dedup (had an image, not a repeat within their class), how many it removed, how many were kept."""
-    checked = planted & ~rows["drop_reason"].isin(["download_failed", "duplicate_image"])
-    removed = checked & (rows["drop_reason"] == "near_duplicate_of_eval")
+    """Known copies of evaluation images that the dedup examined (``planted``: see :func:`copies_of`;
+    not those dropped before it): how many, how many it removed, how many were kept."""
+    removed = planted & (rows["drop_reason"] == "near_duplicate_of_eval")
     return {
-        "planted_copies": int(checked.sum()),
+        "planted_copies": int(planted.sum()),
         "planted_copies_removed": int(removed.sum()),
         "planted_copies_kept": int((planted & rows["kept"]).sum()),
-        "planted_copy_recall": float(removed.sum() / checked.sum()) if checked.any() else None,
+        "planted_copy_recall": float(removed.sum() / planted.sum()) if planted.any() else None,
     }
 
 
