@@ -217,3 +217,11 @@ def cell_files(name):
         else f"results/cells/{task}/{source}/n{scale}/seed{seed}/{name}"
         for task, source, scale, seed in grid_cells()
     ]
+
+
+def caption_files(wildcards):
+    """The caption LM's backgrounds and examples files (prompts.llm.backgrounds_file / examples_file), as
+    inputs where they exist: editing one reruns the task's prompts; the preflight reports a missing one."""
+    llm = stage_settings(config, "prompts", wildcards.task).get("llm") or {}
+    paths = {"backgrounds": (llm.get("backgrounds_file") or {}).get("path"), "examples": llm.get("examples_file")}
+    return {name: local_input(path) for name, path in paths.items() if local_input(path)}

@@ -5,14 +5,6 @@
 LLM_TASKS = [task for task in TASKS if stage_settings(config, "prompts", task).get("llm")]
 
 
-def caption_files(wildcards):
-    """The caption LM's backgrounds and examples files (prompts.llm.backgrounds_file / examples_file), as
-    inputs where they exist: editing one reruns the task's prompts; the preflight reports a missing one."""
-    llm = stage_settings(config, "prompts", wildcards.task).get("llm") or {}
-    paths = {"backgrounds": (llm.get("backgrounds_file") or {}).get("path"), "examples": llm.get("examples_file")}
-    return {name: local_input(path) for name, path in paths.items() if local_input(path)}
-
-
 rule generator_prompts:
     wildcard_constraints:
         task=one_of([task for task in TASKS if task not in LLM_TASKS]),
