@@ -2,6 +2,11 @@
 # evaluation images (both arms alike), with a per-image manifest of what was kept and why not.
 
 
+def curate_params(wildcards):
+    """The curation settings a result depends on: not num_workers (workers decode; the bits do not change)."""
+    return {k: v for k, v in settings_of("curate")(wildcards).items() if k != "num_workers"}
+
+
 rule curate:
     input:
         unpack(source_images),
@@ -18,9 +23,9 @@ rule curate:
     benchmark:
         "results/benchmarks/curate/{task}/{source}.tsv"
     params:
-        curate=settings_of("curate"),
+        curate=curate_params,
         clip=clip_params(),
-    threads: 2
+    threads: lambda wc: curate_threads(config, wc.task)  # 1 + curate.num_workers (data-loader workers)
     resources:
         gpu=1,
         mem_mb=sized("mem_mb", "curate"),
