@@ -2,11 +2,6 @@
 # evaluation images (both arms alike), with a per-image manifest of what was kept and why not.
 
 
-def curate_params(wildcards):
-    """The curation settings a result depends on: not num_workers (workers decode; the bits do not change)."""
-    return {k: v for k, v in settings_of("curate")(wildcards).items() if k != "num_workers"}
-
-
 rule curate:
     input:
         unpack(source_images),
