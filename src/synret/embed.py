@@ -55,7 +55,9 @@ WORKER_START = "fork" if sys.platform.startswith("linux") else None
 def image_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, device: str = "cpu", **kwargs) -> DataLoader:
     """A loader that reads, decodes and preprocesses images in ``num_workers`` worker processes (0: in this
     process), batches in order unless ``kwargs`` ask to shuffle. Workers end with each pass over the data
-    (no persistent workers); on CUDA, batches come in pinned memory. The values do not depend on the workers."""
+    (no persistent workers); on CUDA, batches come in pinned memory. Deterministic transforms give the same
+    bits with any number of workers; random augmentations draw per worker (training's finetune.num_workers
+    is part of its result)."""
     workers = int(num_workers)
     extra = {"multiprocessing_context": WORKER_START} if workers > 0 and WORKER_START else {}
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=False,

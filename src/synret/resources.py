@@ -53,7 +53,7 @@ MIN_RUNTIME = 10  # minutes; scheduling and start-up dominate below this
 
 # ---------------------------------------------------------------- throughput of the jobs that read images
 # Images per second of the real models on the baseline GPU, an NVIDIA A100 (datasheet: 19.5 TFLOP/s dense
-# fp32, which PyTorch's matmuls use as it leaves TF32 off; 312 TFLOP/s bf16). ViT-B/16 at 224 px costs
+# fp32, the rate of PyTorch's fp32 matmuls, which leave TF32 off by default; 312 TFLOP/s bf16). ViT-B/16 at 224 px costs
 # 35.1 GFLOP an image forward and 105.2 forward and backward (torch.utils.flop_counter, in
 # /work/shared/notes/perf.md 2.1). An H100 is 1.5-3x faster: on it these are floors.
 GPU_IMAGES_PER_S = {
