@@ -92,6 +92,11 @@ def probe_threads(wildcards):
     return settings_of("finetune")(wildcards)["threads"]
 
 
+def curate_params(wildcards):
+    """The curation settings a result depends on: not num_workers (workers decode; the bits do not change)."""
+    return {k: v for k, v in settings_of("curate")(wildcards).items() if k != "num_workers"}
+
+
 def retrieval_setting(key):
     """A params function: one part of the retrieval settings (knn, substring, drop_nsfw, download)."""
 

@@ -18,9 +18,9 @@ rule curate:
     benchmark:
         "results/benchmarks/curate/{task}/{source}.tsv"
     params:
-        curate=settings_of("curate"),
+        curate=curate_params,
         clip=clip_params(),
-    threads: 2
+    threads: lambda wc: curate_threads(config, wc.task)  # 1 + curate.num_workers (data-loader workers)
     resources:
         gpu=1,
         mem_mb=sized("mem_mb", "curate"),

@@ -1,6 +1,7 @@
 # One job per cell of the grid: finetune on the cell's nested subset of a curated source, then
 # evaluate on the task's val and test splits. Zero-shot cells evaluate the untouched model. With
 # evaluate.linear_probe set, a linear probe trained on the task's own train split measures the tower too.
+# Images are read in data-loader workers: the threads a job gets beyond those it computes on.
 
 
 rule finetune:
@@ -27,7 +28,7 @@ rule finetune:
         evaluate=settings_of("evaluate"),
         clip=clip_params(),
         compute_threads=lambda wc: settings_of("finetune")(wc)["threads"],
-    threads: lambda wc: settings_of("finetune")(wc)["threads"] + settings_of("finetune")(wc)["num_workers"]
+    threads: lambda wc: cell_threads(config, wc.task)  # finetune.threads + finetune.num_workers
     resources:
         gpu=1,
         mem_mb=sized("mem_mb", "finetune"),
@@ -58,7 +59,7 @@ rule zeroshot:
         evaluate=settings_of("evaluate"),
         clip=clip_params(),
         compute_threads=probe_threads,  # only the linear-probe evaluation trains
-    threads: 1
+    threads: lambda wc: cell_threads(config, wc.task)  # as a finetuning cell's: its evaluation reads the same images
     resources:
         gpu=1,
         mem_mb=sized("mem_mb", "zeroshot"),

@@ -219,6 +219,12 @@ def test_descriptors_shape_norm_and_identical_images(released, images):
     assert describe([], path).shape == (0, DIM)
 
 
+def test_descriptors_of_images_decoded_in_loader_workers_are_the_same(released, images):
+    path, _ = released
+    items = [images["a_bytes"], images["b"], images["a_path"]]
+    assert np.array_equal(describe(items, path, batch_size=2), describe(items, path, batch_size=2, num_workers=2))
+
+
 def test_curate_dispatches_to_the_isc_descriptor(released, images):
     path, _ = released
     desc = dedup_descriptors(None, [images["a_path"]], {**ISC, "weights": path}, batch_size=512, device="cpu",

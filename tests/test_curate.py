@@ -152,6 +152,24 @@ def test_curate_with_clip_descriptor_runs(curation_inputs, tiny_clip_dir):
     assert -1 <= np.nanmin(table.column("dedup_similarity").to_numpy(zero_copy_only=False)) <= 1
 
 
+@pytest.mark.parametrize("descriptor", ["pixels", "clip"])
+def test_curation_in_loader_workers_gives_the_bits_of_the_job_process(curation_inputs, tiny_clip_dir, descriptor):
+    """Candidates (bytes read from a shard) and evaluation images (files) decoded by two forked worker
+    processes: the same embeddings, in the same order, and the same manifest and summary."""
+    from synret.embed import embed_images
+    from synret.shards import read_images
+
+    rows, task, evals = curation_inputs
+    clip = load_clip(f"local-dir:{tiny_clip_dir}")
+    data = list(read_images(rows["shard"].iloc[0], rows["member"]).values())
+    assert np.array_equal(embed_images(clip, data, batch_size=9), embed_images(clip, data, batch_size=9, num_workers=2))
+    cfg = {**CFG, "dedup": {**CFG["dedup"], "descriptor": descriptor, "threshold": 0.97}}
+    (first, first_summary), (second, second_summary) = (
+        curate(rows, task, clip, evals, cfg, log=lambda m: None, num_workers=workers) for workers in (0, 2))
+    pd.testing.assert_frame_equal(first.to_pandas(), second.to_pandas(), check_exact=True)
+    assert first_summary == second_summary and first_summary["candidates"] == 50
+
+
 @pytest.mark.parametrize("average", ["raw", "normalized"])
 def test_clip_score_against_the_class_text_averaged_as_configured(curation_inputs, tiny_clip_dir, average):
     """The reference's filter averages its templates' raw text embeddings and normalises once;

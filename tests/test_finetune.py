@@ -274,3 +274,47 @@ def test_precision_does_what_it_says(tiny_clip_dir, shape_images, tmp_path, one_
         assert (record["precision"], record["eval_precision"]) == (train_precision, eval_precision or "fp32")
     # a zero-shot cell only evaluates: the training precision cannot change it, the evaluation's can run in bf16
     assert records["amp_bf16", None][1].equals(records["fp32", None][1])
+
+
+# ---------------------------------------------------------------- data-loader workers
+
+
+def test_evaluation_in_loader_workers_gives_the_bits_of_the_job_process(tiny_clip_dir, shape_images, tmp_path,
+                                                                         one_thread):
+    """Evaluation images read, decoded and preprocessed by two forked worker processes give the features,
+    ranked predictions and a whole cell (classifier, linear probe, per-image predictions) of reading them
+    in the job's own process, in the same order."""
+    from synret.finetune import extract_features, predict
+
+    images, labels = shape_images
+    rows = []
+    for n, i in enumerate(range(0, 120, 3)):  # 40 files: PNG and JPEG, some larger than the model's input
+        image = Image.fromarray(images[i])
+        if n % 2:
+            image = image.resize((57, 45), Image.BICUBIC)
+        path = tmp_path / f"{i}.{'jpg' if n % 4 == 0 else 'png'}"
+        image.save(path)
+        rows.append({"key": f"k{i}", "label": int(labels[i]), "path": str(path), "split": ("train", "val", "test")[n % 3]})
+    table = pd.DataFrame(rows)
+    paths = list(table["path"])
+    clip = load_clip(f"local-dir:{tiny_clip_dir}")
+    # batches of 7: five full ones and a partial last one, each from whichever worker made it
+    in_process = extract_features(clip.model.visual, paths, clip.preprocess_val, 7, "cpu", "fp32")
+    in_workers = extract_features(clip.model.visual, paths, clip.preprocess_val, 7, "cpu", "fp32", num_workers=2)
+    assert in_process.shape[0] == 40 and torch.equal(in_process, in_workers)
+    model = build_classifier(clip, CLASSES, ["a {c}."], "cpu")
+    assert np.array_equal(predict(model, paths, clip.preprocess_val, 7, "cpu", "fp32"),
+                          predict(model, paths, clip.preprocess_val, 7, "cpu", "fp32", num_workers=2))
+
+    tables = {s: table[table["split"] == s].drop(columns="split").reset_index(drop=True) for s in ("train", "val", "test")}
+    task = {"classnames": CLASSES, "templates": ["a {c}."]}
+    clip_cfg = {"model": f"local-dir:{tiny_clip_dir}", "pretrained": None, "cache_dir": None, "precision": "fp32"}
+    evaluate_cfg = {"batch_size": 5, "splits": ["val", "test"],
+                    "linear_probe": {"epochs": 5, "batch_size": 8, "warmup_steps": 2}}
+    cell = {"task": "t", "source": "zeroshot", "scale": 0, "seed": 0}
+    runs = [run_cell(task, cell, clip_cfg, {s: tables[s] for s in ("val", "test")}, evaluate_cfg, log=lambda m: None,
+                     probe_tables=tables, num_workers=workers) for workers in (0, 2)]
+    (first, _, first_pred), (second, _, second_pred) = runs
+    first.pop("wall_seconds"), second.pop("wall_seconds")
+    assert first == second and first["evaluation"]["linear_probe"]["test"]["n"] == len(tables["test"])
+    assert first_pred.equals(second_pred)

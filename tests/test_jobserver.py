@@ -46,6 +46,34 @@ JOB = textwrap.dedent('''
                 loss = torch.nn.functional.cross_entropy(model(x), y)
                 opt.zero_grad(); loss.backward(); opt.step()
             record["digest"] = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
+        elif action == "loader":  # data-loader workers forked from the job, after multi-threaded torch work
+            import hashlib, io
+            import numpy as np
+            from PIL import Image
+            from torchvision import transforms
+            from synret.embed import ImageDataset, image_loader
+
+            x = torch.randn(256, 256)
+            for _ in range(20):  # the OpenMP pool of the job's threads is up when the workers are forked
+                x = torch.tanh(x @ x) / 16
+            rng = np.random.default_rng(0)
+            items = []
+            for i in range(23):
+                buffer = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (40 + i, 37, 3), dtype=np.uint8)).save(buffer, "PNG")
+                items.append(buffer.getvalue())
+            transform = transforms.Compose([transforms.Resize(32, interpolation=transforms.InterpolationMode.BICUBIC),
+                                            transforms.CenterCrop(32), transforms.ToTensor()])
+
+            class Where(ImageDataset):  # each image with the process that decoded it
+                def __getitem__(self, i):
+                    return super().__getitem__(i), os.getpid(), os.getppid()
+
+            record["digests"], record["workers"] = [], []
+            for workers in (0, 2):
+                batches = list(image_loader(Where(items, transform), batch_size=5, num_workers=workers))
+                record["digests"].append(hashlib.sha256(b"".join(b[0].numpy().tobytes() for b in batches)).hexdigest())
+                record["workers"].append(sorted({(int(pid), int(ppid)) for b in batches for pid, ppid in zip(b[1], b[2])}))
         elif action == "fail":
             raise ValueError("a bad input file")
         elif action == "exit3":
@@ -117,6 +145,21 @@ def test_served_training_gives_the_bits_of_a_fresh_process(workdir):
         assert served["served"] == "1" and fresh["served"] is None
         assert served["threads"] == fresh["threads"] == int(threads)
         assert served["digest"] == fresh["digest"]
+
+
+def test_loader_workers_fork_from_a_served_job(workdir):
+    """A served job (itself forked) forks data-loader workers after computing on two threads: they run,
+    end, and decode the bits of an in-process loader, as in a job that runs in its own process."""
+    records = {}
+    for name, extra in (("served", None), ("fresh", {"SYNRET_JOB_SERVER": "0"})):
+        proc, records[name] = job(workdir, "loader", f"loader-{name}.json", "2", extra_env=extra, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        record = records[name]
+        assert record["threads"] == 2 and record["digests"][0] == record["digests"][1]
+        assert record["workers"][0] == [[record["pid"], record["ppid"]]]  # in the job's own process
+        assert len(record["workers"][1]) == 2 and {ppid for _, ppid in record["workers"][1]} == {record["pid"]}
+    assert records["served"]["served"] == "1" and records["fresh"]["served"] is None
+    assert records["served"]["digests"] == records["fresh"]["digests"]
 
 
 def test_errors_and_exit_status_reach_the_job(workdir):

@@ -199,3 +199,123 @@ def test_without_data_the_run_stops_before_any_job_naming_every_missing_path(tmp
     assert "config key 'curate.dedup.weights'" in out
     assert "README, \"Running the paper's experiment\"" in out
     assert "Traceback" not in out
+
+
+# ---------------------------------------------------------------- what the jobs ask the scheduler for
+
+# Published split sizes of the paper's datasets (ILSVRC-2012, DTD partition 1, FGVC-Aircraft 2013b, Stanford
+# Cars, Flowers-102), written out here rather than taken from synret.split_sizes, so that the check below is
+# independent of the code it checks. Cars' and ImageNet's val are carved out of train (the config's val_from_train).
+PUBLISHED = {
+    "imagenet": {"train": 1_281_167, "test": 50_000},  # test: ILSVRC-2012 val
+    "dtd": {"train": 1_880, "val": 1_880, "test": 1_880},
+    "fgvc_aircraft": {"train": 3_334, "val": 3_333, "test": 3_333},
+    "stanford_cars": {"train": 8_144, "test": 8_041},
+    "flowers102": {"train": 1_020, "val": 1_020, "test": 6_149},
+}
+# SD 1.5 at 512 px, 50 steps, batch 16, torch 2.0 compile: 1.27 images/s end-to-end on an A100
+# (onnxruntime's Stable Diffusion README, in /work/shared/notes/perf.md 1.2)
+SD15_IMAGES_PER_S_50_STEPS = 1.27
+SIZED_FROM_THEIR_INPUTS = {"fetch_retrieved", "substring_scan"}  # <TBD> in a dry run: their inputs are not made yet
+
+
+def planned_jobs(stdout: str) -> list[dict]:
+    """Every job a dry run lists: rule, wildcards, threads and resources as Snakemake resolved them."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:\n)", stdout):
+        head = re.match(r"(?:local)?rule (\w+):\n", block)
+        if not head:
+            continue
+        fields = dict(re.findall(r"^ {4}(\w+): (.*)$", block, re.M))
+        jobs.append({
+            "rule": head.group(1),
+            "wildcards": dict(kv.split("=", 1) for kv in fields.get("wildcards", "").split(", ") if kv),
+            "threads": int(fields.get("threads", 1)),
+            "resources": dict(kv.split("=", 1) for kv in fields.get("resources", "").split(", ") if kv),
+        })
+    return jobs
+
+
+def task_splits(paper: dict, task: str) -> dict[str, int]:
+    from synret.tasks import carve_val
+
+    sizes = dict(PUBLISHED[task])
+    carve = task_definition(paper, task)["dataset"].get("val_from_train")
+    if carve:
+        train, val = carve_val(sizes["train"], carve["size"], carve["seed"])
+        sizes["train"], sizes["val"] = len(train), len(val)
+    return sizes
+
+
+def rate(gpu: float, decode: float, workers: int) -> float:
+    """Images a second: the lower of the GPU's and the workers' decoding, or both by turns in one process."""
+    return min(gpu, workers * decode) if workers else 1 / (1 / gpu + 1 / decode)
+
+
+def expected_seconds(paper: dict, job: dict) -> float:
+    """The job's work from the split sizes and the stated throughputs, with the stated start and safety factor."""
+    from synret import resources as r
+
+    rule, wc, threads = job["rule"], job["wildcards"], job["threads"]
+    if rule == "synthesize_shard":
+        s = stage_settings(paper, "synthetic", wc["task"])
+        return s["shard_size"] * s["steps"] / 50 / SD15_IMAGES_PER_S_50_STEPS
+    sizes = task_splits(paper, wc["task"])
+    amp = "fp32" if paper["clip"]["precision"] == "fp32" else "amp"
+    if rule == "curate":
+        s = stage_settings(paper, "curate", wc["task"])
+        workers = min(r.MAX_LOADER_WORKERS, threads - 1)
+        candidates = stage_settings(paper, "prompts", wc["task"])["images"]  # planned before the manifests exist
+        evals = sum(sizes[split] for split in s["dedup"]["splits"])
+        assert s["dedup"]["descriptor"] == "isc"
+        work = (candidates / rate(r.GPU_IMAGES_PER_S["infer", amp], r.DECODE_PER_CORE["small"], workers)
+                + candidates / rate(r.ISC_IMAGES_PER_S, r.DECODE_PER_CORE["small"], workers)
+                + evals / rate(r.ISC_IMAGES_PER_S, r.DECODE_PER_CORE["photo"], workers))
+        return r.CURATE_START_SECONDS + r.SAFETY * work
+    ft, ev = stage_settings(paper, "finetune", wc["task"]), stage_settings(paper, "evaluate", wc["task"])
+    workers = min(r.MAX_LOADER_WORKERS, threads - ft["threads"])
+    infer = r.GPU_IMAGES_PER_S["infer", "fp32" if ev["precision"] == "fp32" else "amp"]
+    work = sum(sizes[s] for s in ev["splits"]) / rate(infer, r.DECODE_PER_CORE["photo"], workers)
+    probe = ev["linear_probe"]
+    fit = sizes["train"] + sizes["val"]  # the probe trains on train and val, and is tested on test
+    work += (fit + sizes["test"]) / rate(infer, r.DECODE_PER_CORE["photo"], workers)
+    work += probe["epochs"] * -(-fit // probe["batch_size"]) * r.SECONDS_PER_PROBE_STEP
+    if rule == "finetune":
+        work += ft["epochs"] * int(wc["scale"]) / rate(r.GPU_IMAGES_PER_S["train", amp], r.DECODE_PER_CORE["small"],
+                                                       ft["num_workers"])
+    return r.START_SECONDS + r.SAFETY * work
+
+
+def test_every_jobs_walltime_covers_its_work(paper, tmp_path):
+    """Each job of the grid asks for a walltime that covers its work: for the jobs that read a task's images
+    (finetuning cells: training, evaluation of val and test, the linear probe's features and steps;
+    zero-shot cells; curation), computed here from the datasets' split sizes and the stated throughputs,
+    in data-loader workers from the job's threads. Every other job plans a walltime too, but for those sized
+    from inputs that upstream jobs make."""
+    from synret.resources import MIN_RUNTIME
+
+    stand_ins(tmp_path, paper)
+    proc = snakemake(tmp_path, "-n")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout)
+    assert len(jobs) == job_stats(proc.stdout)["total"]
+    # the jobs whose rule sizes its walltime (synret.resources, named as their rule)
+    sized = {m for f in (ROOT / "rules").glob("*.smk") for m in re.findall(r'runtime=sized\("runtime", "(\w+)"\)', f.read_text())}
+    assert {"finetune", "zeroshot", "curate", "synthesize_shard"} | SIZED_FROM_THEIR_INPUTS <= sized
+    checked = {}
+    for job in jobs:
+        runtime = job["resources"].get("runtime")
+        if job["rule"] not in sized:  # light steps: the profile's default walltime
+            assert runtime is None, job
+            continue
+        if job["rule"] in SIZED_FROM_THEIR_INPUTS:
+            assert runtime == "<TBD>", job
+            continue
+        assert int(runtime) >= MIN_RUNTIME, job
+        if job["rule"] in ("finetune", "zeroshot", "curate", "synthesize_shard"):
+            if job["rule"] != "synthesize_shard":
+                assert job["threads"] > 2, job  # data-loader workers: the threads beyond those that compute
+            need = expected_seconds(paper, job)
+            assert int(runtime) * 60 >= need, (job, need)
+            checked[job["rule"]] = checked.get(job["rule"], 0) + 1
+    assert checked == {"finetune": 30, "zeroshot": 5, "curate": 10, "synthesize_shard": 250}

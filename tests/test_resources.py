@@ -14,14 +14,27 @@ import yaml
 
 from synret.config import deep_merge
 from synret.resources import (
+    DECODE_PER_CORE,
     ESTIMATORS,
+    GPU_IMAGES_PER_S,
+    MAX_LOADER_WORKERS,
     MIN_RUNTIME,
+    PROBE_DEFAULTS,
+    SAFETY,
     assign_local_gpus,
+    cell_threads,
+    cell_work,
     claim_gpus,
     claimed_devices,
+    curate_threads,
+    curate_work,
     estimate,
+    images_per_second,
+    loader_workers,
     local_gpu_pool,
+    parquet_rows,
 )
+from synret.split_sizes import KNOWN_SPLIT_SIZES, UNKNOWN_SPLIT_SIZE, carved_sizes, split_sizes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,7 +77,9 @@ def test_world_jobs_are_sized_from_the_world(demo):
 def test_finetune_walltime_follows_scale_and_epochs(real):
     small = estimate("finetune", real, {**CELL, "scale": "1000"})
     large = estimate("finetune", real, {**CELL, "scale": "100000"})
-    assert large["runtime"] > 10 * small["runtime"]
+    # training grows with the scale; evaluating the task's splits costs the same at every scale
+    train = cell_work(real, "shapes", 100000)["train"] - cell_work(real, "shapes", 1000)["train"]
+    assert train > 0 and large["runtime"] - small["runtime"] >= SAFETY * train / 60 - 1
     longer = deep_merge(real, {"finetune": {"epochs": 30}})
     assert estimate("finetune", longer, {**CELL, "scale": "100000"})["runtime"] > large["runtime"]
 
@@ -97,10 +112,12 @@ def test_isc_dedup_adds_its_network_and_images(real):
     isc = deep_merge(real, {"curate": {"dedup": {"descriptor": "isc", "weights": "isc_ft_v107.pth.tar"}}})
     base, with_isc = estimate("curate", real, CELL), estimate("curate", isc, CELL)
     assert with_isc["mem_mb"] > base["mem_mb"] and with_isc["runtime"] > base["runtime"]
-    # every candidate goes through it: at least the task's synthetic images, or what the shards hold
+    # every candidate goes through it: the task's synthetic images, or the rows of the source's manifests
     more = deep_merge(isc, {"prompts": {"images": 250_000}})
     assert estimate("curate", more, CELL)["runtime"] > estimate("curate", isc, CELL)["runtime"] + 60
-    assert estimate("curate", isc, CELL, input_mb=lambda: 5000.0)["runtime"] > with_isc["runtime"] + 60
+    retrieved = {**CELL, "source": "retrieved"}
+    assert estimate("curate", isc, retrieved)["runtime"] == with_isc["runtime"]  # before its manifest exists
+    assert estimate("curate", isc, retrieved, manifest_rows=lambda: 500_000)["runtime"] > with_isc["runtime"] + 60
 
 
 def test_real_models_ask_for_more_than_the_demo(demo, real):
@@ -112,7 +129,7 @@ def test_input_sizes_are_read_only_where_used(demo):
     def unknown():
         raise AssertionError("input size read")
 
-    for job in ("synthesize_shard", "finetune", "zeroshot", "knn_query"):
+    for job in ("synthesize_shard", "finetune", "zeroshot", "knn_query", "curate"):
         estimate(job, demo, CELL, input_mb=unknown)
     assert estimate("substring_scan", demo, CELL, input_mb=lambda: 500.0)["mem_mb"] > estimate(
         "substring_scan", demo, CELL, input_mb=lambda: 5.0)["mem_mb"]
@@ -123,6 +140,115 @@ def test_bad_requests(demo):
         estimate("finetune", demo, CELL, attempt=0)
     with pytest.raises(KeyError):
         estimate("no_such_rule", demo, CELL)
+
+
+# ---------------------------------------------------------------- jobs that read a task's images
+
+
+def test_loader_workers_are_the_threads_that_do_not_compute():
+    assert loader_workers(1) == 0 and loader_workers(1, 1) == 0  # one thread: images read in process
+    assert loader_workers(2) == 1 and loader_workers(9, 1) == 8 and loader_workers(9, None) == 8
+    assert loader_workers(10, 2) == 8 and loader_workers(2, 2) == 0
+    assert loader_workers(64, 1) == MAX_LOADER_WORKERS
+    assert loader_workers(9, 1, cpus=4) == 3 and loader_workers(9, 1, cpus=1) == 0  # no more than the machine has
+
+
+def test_jobs_threads_hold_their_workers(demo):
+    paper = deep_merge(demo, yaml.safe_load(open(REPO / "configs" / "paper.yaml")))
+    assert cell_threads(demo, "shapes") == 1 and curate_threads(demo, "shapes") == 1  # the demo: all in process
+    ft = paper["finetune"]
+    assert cell_threads(paper, "imagenet") == ft["threads"] + ft["num_workers"]
+    assert curate_threads(paper, "imagenet") == 1 + paper["curate"]["num_workers"]
+
+
+def test_known_split_sizes_and_carved_validation_splits(demo):
+    from synret.tasks import carve_val
+
+    paper = deep_merge(demo, yaml.safe_load(open(REPO / "configs" / "paper.yaml")))
+    assert split_sizes(paper, "imagenet") == {"train": 1_281_167 - 50_000, "val": 50_000, "test": 50_000}
+    assert split_sizes(paper, "dtd") == {"train": 1_880, "val": 1_880, "test": 1_880}
+    assert split_sizes(paper, "fgvc_aircraft") == {"train": 3_334, "val": 3_333, "test": 3_333}
+    assert split_sizes(paper, "flowers102") == {"train": 1_020, "val": 1_020, "test": 6_149}
+    cars = split_sizes(paper, "stanford_cars")
+    assert cars["test"] == 8_041 and cars["train"] + cars["val"] == 8_144
+    # carved as tasks.carve_val draws it (torch's random_split)
+    for n, size in ((8_144, 0.2), (1_000, 0.3), (1_281_167, 50_000), (7, 0.5)):
+        train, val = carve_val(n, size, 0)
+        assert carved_sizes(n, size) == (len(train), len(val))
+    assert KNOWN_SPLIT_SIZES["fgvc_aircraft"]["trainval"] == 6_667
+
+
+def test_other_datasets_are_counted(demo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # the demo world's datasets: classes x images per class, from its config
+    from synret.world.build import DatasetSpec
+
+    assert split_sizes(demo, "shapes") == {"train": 200, "val": 200, "test": 1000}
+    for name, spec in demo["world"]["datasets"].items():
+        classes = len(DatasetSpec.from_config(name, spec).classes())
+        assert split_sizes(demo, name) == {s: classes * n for s, n in spec["per_class"].items()}
+    # an image folder of one's own: its files, or the task's manifests once they exist
+    cfg = deep_merge(demo, {"world": None, "task_settings": {"shapes": {"dataset": {"root": "mine"}}}})
+    assert split_sizes(cfg, "shapes") == {s: UNKNOWN_SPLIT_SIZE for s in ("train", "val", "test")}
+    for split, n in (("train", 3), ("val", 2), ("test", 4)):
+        for i in range(n):
+            (tmp_path / "mine" / split / "a").mkdir(parents=True, exist_ok=True)
+            (tmp_path / "mine" / split / "a" / f"{i}.png").touch()
+    (tmp_path / "mine" / "test" / "a" / "notes.txt").touch()
+    assert split_sizes(cfg, "shapes") == {"train": 3, "val": 2, "test": 4}
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "results" / "tasks" / "shapes").mkdir(parents=True)
+    for split, n in (("train", 30), ("val", 20), ("test", 40)):
+        pq.write_table(pa.table({"key": [str(i) for i in range(n)]}), tmp_path / "results" / "tasks" / "shapes" / f"{split}.parquet")
+    assert split_sizes(cfg, "shapes") == {"train": 30, "val": 20, "test": 40}
+    assert parquet_rows([str(tmp_path / "results" / "tasks" / "shapes" / "val.parquet")]) == 20
+    assert parquet_rows([str(tmp_path / "nothing.parquet")]) is None
+
+
+def test_probe_defaults_are_the_probes():
+    from synret.finetune import ProbeConfig
+
+    probe = ProbeConfig()
+    assert PROBE_DEFAULTS == {"batch_size": probe.batch_size, "epochs": probe.epochs,
+                              "train_splits": list(probe.train_splits), "eval_splits": list(probe.eval_splits)}
+
+
+def test_evaluation_is_sized_from_the_splits_and_the_loaders(demo):
+    paper = deep_merge(demo, yaml.safe_load(open(REPO / "configs" / "paper.yaml")))
+    imagenet = cell_work(paper, "imagenet", None)
+    assert imagenet["train"] == 0 and imagenet["probe_features"] > imagenet["evaluate"] > 0
+    # val and test of ImageNet, at the lower of the GPU's fp32 rate and what the workers decode
+    workers = loader_workers(cell_threads(paper, "imagenet"), paper["finetune"]["threads"])
+    rate = min(GPU_IMAGES_PER_S["infer", "fp32"], workers * DECODE_PER_CORE["photo"])
+    assert imagenet["evaluate"] == pytest.approx(100_000 / rate)
+    # the same job on one thread reads its images in process: slower
+    assert cell_work(paper, "imagenet", None, threads=1)["evaluate"] == pytest.approx(
+        100_000 / images_per_second(GPU_IMAGES_PER_S["infer", "fp32"], DECODE_PER_CORE["photo"], 0))
+    assert estimate("zeroshot", paper, {"task": "imagenet"}, threads=1)["runtime"] > estimate(
+        "zeroshot", paper, {"task": "imagenet"})["runtime"]
+    # without the linear probe, ImageNet's 1.28M training images are not read
+    no_probe = deep_merge(paper, {"evaluate": {"linear_probe": None},
+                                  "task_settings": {"imagenet": {"evaluate": {"linear_probe": None}}}})
+    assert cell_work(no_probe, "imagenet", None)["probe_features"] == 0
+    assert estimate("zeroshot", no_probe, {"task": "imagenet"})["runtime"] < estimate(
+        "zeroshot", paper, {"task": "imagenet"})["runtime"]
+    assert estimate("zeroshot", no_probe, {"task": "imagenet"})["mem_mb"] < estimate(
+        "zeroshot", paper, {"task": "imagenet"})["mem_mb"]
+    # ImageNet takes longer than DTD
+    assert estimate("zeroshot", paper, {"task": "imagenet"})["runtime"] > estimate(
+        "zeroshot", paper, {"task": "dtd"})["runtime"]
+
+
+def test_curation_is_sized_from_candidates_and_evaluation_images(demo):
+    paper = deep_merge(demo, yaml.safe_load(open(REPO / "configs" / "paper.yaml")))
+    work = curate_work(paper, "imagenet")
+    assert work["embed"] > 0 and work["dedup"] > 0
+    assert curate_work(paper, "imagenet", candidates=2_000_000)["embed"] == pytest.approx(8 * work["embed"])
+    # the dedup's evaluation images are the task's test split: ImageNet's 50,000 cost more than DTD's 1,880
+    assert work["dedup"] > curate_work(paper, "dtd")["dedup"]
+    assert curate_work(paper, "imagenet", threads=1)["embed"] > work["embed"]
 
 
 # ---------------------------------------------------------------- local GPU assignment

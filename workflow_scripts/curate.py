@@ -12,7 +12,9 @@ def main(smk, log):
     from synret.cells import resolve_precision
     from synret.clip import load_clip  # torch: import after run_job set the threads
     from synret.curate import curate, retrieved_rows, synthetic_rows
+    from synret.resources import loader_workers
     from synret.synthesize import pick_device
+    from synret.workflow import available_cpus
 
     manifests = smk.input.manifests if isinstance(smk.input.manifests, list) else [smk.input.manifests]
     listed = pd.concat([pq.read_table(p).to_pandas() for p in manifests], ignore_index=True)
@@ -24,8 +26,10 @@ def main(smk, log):
     clip = load_clip(smk.params.clip["model"], smk.params.clip["pretrained"], device=device,
                      cache_dir=smk.params.clip["cache_dir"])
     precision = resolve_precision(smk.params.clip["precision"], device)
+    workers = loader_workers(smk.threads, cpus=available_cpus())  # one thread drives the model, the rest decode
+    log(f"images decoded by {workers} data-loader worker(s)" if workers else "images decoded in process")
     manifest, summary = curate(rows, read_task(smk.input.task), clip, evals, cfg, device=device, log=log,
-                               precision=precision)
+                               precision=precision, num_workers=workers)
     pq.write_table(manifest, smk.output.manifest)
     write_json(smk.output.summary, summary)
     log(f"kept {summary['kept']} of {summary['candidates']}; dropped {summary['dropped']}")

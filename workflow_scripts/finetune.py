@@ -7,8 +7,9 @@ def main(smk, log):
     import pyarrow.parquet as pq
 
     from synret.cells import run_cell  # torch: after run_job set the threads
+    from synret.resources import loader_workers
     from synret.tasks import read_task
-    from synret.workflow import write_json, write_parquet
+    from synret.workflow import available_cpus, write_json, write_parquet
 
     task = read_task(smk.input.task)
     wc = smk.wildcards
@@ -22,8 +23,11 @@ def main(smk, log):
     if smk.params.evaluate.get("linear_probe") is not None:  # the task's own splits, for the probe
         probe_tables = {s: pq.read_table(getattr(smk.input, "probe_train" if s == "train" else s)).to_pandas()
                         for s in ("train", "val", "test")}
+    # evaluation images are read by the job's threads beyond those it computes on
+    workers = loader_workers(smk.threads, smk.params.compute_threads, available_cpus())
+    log(f"evaluation images read by {workers} data-loader worker(s)" if workers else "evaluation images read in process")
     record, subset, predictions = run_cell(task, cell, smk.params.clip, splits, smk.params.evaluate, curated,
-                                           finetune, log, probe_tables)
+                                           finetune, log, probe_tables, workers)
     if subset is not None:
         write_parquet(subset, smk.output.train_manifest)
     write_parquet(predictions, smk.output.predictions)

@@ -39,20 +39,20 @@ def resolve_precision(precision: str, device: str, key: str = "clip.precision") 
 
 
 def evaluate_splits(model, task: dict, splits: dict[str, pd.DataFrame], transform, cfg: dict, device: str,
-                    precision: str) -> tuple[dict, dict[str, np.ndarray]]:
+                    precision: str, num_workers: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
     """Accuracy on every configured evaluation split, ``{split: {top1, top5, mean_per_class, n}}``, and
-    the ranked predictions of each split's images."""
+    the ranked predictions of each split's images (read by ``num_workers`` data-loader processes)."""
     n_classes = len(task["classnames"])
     results, ranked = {}, {}
     for name, table in splits.items():
         results[name], ranked[name] = evaluate(model, list(table["path"]), list(table["label"]), n_classes,
-                                               transform, cfg["batch_size"], device, precision)
+                                               transform, cfg["batch_size"], device, precision, num_workers)
     return results, ranked
 
 
 def linear_probe_splits(model, task: dict, tables: dict[str, pd.DataFrame], transform, settings: dict,
                         batch_size: int, device: str, precision: str, seed: int,
-                        log: Callable[[str], None]) -> tuple[dict, dict[str, np.ndarray]]:
+                        log: Callable[[str], None], num_workers: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
     """The linear-probe evaluation of the model's image tower: ``{split: {top1, top5, mean_per_class, n}}``
     and the probe's ranked predictions per evaluated split."""
     cfg = ProbeConfig(**settings)
@@ -63,7 +63,8 @@ def linear_probe_splits(model, task: dict, tables: dict[str, pd.DataFrame], tran
                          "(config key 'evaluate.linear_probe.train_splits')")
 
     def features(table: pd.DataFrame):
-        return extract_features(model.visual, list(table["path"]), transform, batch_size, device, precision)
+        return extract_features(model.visual, list(table["path"]), transform, batch_size, device, precision,
+                                num_workers)
 
     head = train_probe(features(train), list(train["label"]), n_classes, cfg, seed, log, device)
     results, ranked = {}, {}
@@ -120,7 +121,7 @@ def _record(cell: dict, results: dict, extra: dict) -> dict:
 def run_cell(
     task: dict, cell: dict, clip_cfg: dict, eval_splits: dict[str, pd.DataFrame], evaluate_cfg: dict,
     curated: pd.DataFrame | None = None, finetune_cfg: dict | None = None, log: Callable[[str], None] = print,
-    probe_tables: dict[str, pd.DataFrame] | None = None,
+    probe_tables: dict[str, pd.DataFrame] | None = None, num_workers: int = 0,
 ) -> tuple[dict, pd.DataFrame | None, pa.Table]:
     """Finetune on the cell's nested subset (or not at all for zero-shot) and evaluate.
 
@@ -128,7 +129,8 @@ def run_cell(
     (``probe_tables``: train/val/test manifests) also measures the image tower; its test accuracy
     becomes ``lp_top1`` / ``lp_mean_per_class``. Returns the cell's metrics record, the manifest
     of the images it trained on (None for zero-shot) and the per-image predictions of every evaluation
-    (``PREDICTION_SCHEMA``).
+    (``PREDICTION_SCHEMA``). ``num_workers``: data-loader processes that read the evaluation images (and the
+    probe's); training reads its own with ``finetune.num_workers``. Neither changes the evaluation's bits.
     """
     start = time.time()
     device = pick_device()
@@ -150,13 +152,14 @@ def run_cell(
         stats = train_classifier(model, images, list(subset["label"]), transform, cfg, device, precision, log)
         extra.update(n_train=len(subset), **stats)
     results, ranked = evaluate_splits(model, task, eval_splits, clip.preprocess_val, evaluate_cfg, device,
-                                      eval_precision)
+                                      eval_precision, num_workers)
     ranked, tables = {"classifier": ranked}, dict(eval_splits)
     log(f"evaluation: {results}")
     if evaluate_cfg.get("linear_probe") is not None:
         tables = {**probe_tables, **eval_splits}
         probe, ranked["linear_probe"] = linear_probe_splits(model, task, probe_tables, clip.preprocess_val, evaluate_cfg["linear_probe"],
-                                    evaluate_cfg["batch_size"], device, eval_precision, cell["seed"], log)
+                                    evaluate_cfg["batch_size"], device, eval_precision, cell["seed"], log,
+                                    num_workers)
         log(f"linear probe: {probe}")
         results["linear_probe"] = probe
         extra.update(lp_top1=probe.get("test", {}).get("top1"), lp_mean_per_class=probe.get("test", {}).get("mean_per_class"))

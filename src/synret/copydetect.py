@@ -231,21 +231,35 @@ def preprocess(image: Image.Image, size: int = INPUT_SIZE) -> torch.Tensor:
     return normalize(resized_pixels(image, size))
 
 
+class _Pixels(torch.utils.data.Dataset):
+    """Images of any kind ``as_rgb`` reads, as (3, size, size) uint8 tensors: what ``describe`` batches."""
+
+    def __init__(self, items: Sequence, size: int):
+        self.items, self.size = items, size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return resized_pixels(as_rgb(self.items[i]), self.size)
+
+
 @torch.no_grad()
 def describe(items: Sequence, weights: str, device: str | torch.device = "cpu",
-             batch_size: int = BATCH_SIZE) -> np.ndarray:
+             batch_size: int = BATCH_SIZE, num_workers: int = 0) -> np.ndarray:
     """ISC descriptors of ``items`` (PIL images, encoded bytes or paths): float32 (n, 256), unit norm, in order.
 
     Computed in fp32 (the threshold was set on fp32 descriptors), ``batch_size`` images at a time;
-    the descriptors do not depend on the batch size. Images are decoded and resized here and sent to
-    the device as uint8, where they are normalised (a quarter of the bytes, and less CPU work).
+    the descriptors do not depend on the batch size. Images are decoded and resized by ``num_workers``
+    data-loader processes (0: here; ``embed.image_loader``) and sent to the device as uint8, where they are
+    normalised (a quarter of the bytes, and less CPU work).
     """
+    from .embed import image_loader
+
     if len(items) == 0:
         return np.zeros((0, DIM), dtype=np.float32)
     detector = load_detector(weights, device)
     out = []
-    for start in range(0, len(items), batch_size):
-        batch = items[start : start + batch_size]
-        pixels = torch.stack([resized_pixels(as_rgb(x), detector.input_size) for x in batch])
+    for pixels in image_loader(_Pixels(items, detector.input_size), batch_size, num_workers, str(device)):
         out.append(detector.model(normalize(pixels.to(device))).float().cpu().numpy())
     return np.concatenate(out).astype(np.float32)

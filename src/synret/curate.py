@@ -69,7 +69,7 @@ def pixel_descriptor(image: Image.Image, size: int) -> np.ndarray:
 
 def dedup_descriptors(
     clip: LoadedClip, items: list, dedup: dict, batch_size: int, device: str, clip_emb: np.ndarray | None = None,
-    precision: str = "fp32",
+    precision: str = "fp32", num_workers: int = 0,
 ) -> np.ndarray:
     """Dedup descriptors of images given as bytes or paths (``clip_emb``: their CLIP embeddings, if known).
 
@@ -78,25 +78,28 @@ def dedup_descriptors(
     if dedup["descriptor"] == "clip":
         if clip_emb is not None:
             return clip_emb
-        return embed_images(clip, items, batch_size=batch_size, device=device, precision=precision)
+        return embed_images(clip, items, batch_size=batch_size, device=device, precision=precision,
+                            num_workers=num_workers)
     if dedup["descriptor"] == "isc":
         return copydetect.describe(items, dedup["weights"], device=device,
-                                   batch_size=min(batch_size, copydetect.BATCH_SIZE))
+                                   batch_size=min(batch_size, copydetect.BATCH_SIZE), num_workers=num_workers)
     size = dedup["pixel_size"]
     pixels = [pixel_descriptor(decode_image(x) if isinstance(x, bytes) else Image.open(x), size) for x in items]
     return np.stack(pixels) if pixels else np.zeros((0, 3 * size * size), np.float32)
 
 
 def describe_rows(clip: LoadedClip, rows: pd.DataFrame, cfg: dict, device: str, log: Callable,
-                  precision: str = "fp32"):
-    """Embeddings and dedup descriptors of the rows' images, read shard by shard (NaN without image)."""
+                  precision: str = "fp32", num_workers: int = 0):
+    """Embeddings and dedup descriptors of the rows' images, read shard by shard (NaN without image) and
+    decoded by ``num_workers`` data-loader processes."""
     have = rows["shard"].notna()
     emb = desc = None
     for shard, group in rows[have].groupby("shard", sort=True):
         images = read_images(shard, group["member"].unique())
         data = [images[m] for m in group["member"]]
-        e = embed_images(clip, data, batch_size=cfg["batch_size"], device=device, precision=precision)
-        d = dedup_descriptors(clip, data, cfg["dedup"], cfg["batch_size"], device, clip_emb=e)
+        e = embed_images(clip, data, batch_size=cfg["batch_size"], device=device, precision=precision,
+                         num_workers=num_workers)
+        d = dedup_descriptors(clip, data, cfg["dedup"], cfg["batch_size"], device, clip_emb=e, num_workers=num_workers)
         if emb is None:
             emb = np.full((len(rows), e.shape[1]), np.nan, dtype=np.float32)
             desc = np.full((len(rows), d.shape[1]), np.nan, dtype=np.float32)
@@ -152,20 +155,21 @@ def class_filter(scores: pd.Series, top_fraction: float, min_score: float | None
 
 def curate(
     rows: pd.DataFrame, task: dict, clip: LoadedClip, eval_items: pd.DataFrame, cfg: dict,
-    device: str = "cpu", log: Callable[[str], None] = print, precision: str = "fp32",
+    device: str = "cpu", log: Callable[[str], None] = print, precision: str = "fp32", num_workers: int = 0,
 ) -> tuple[pa.Table, dict]:
     """Score, dedup and filter one source of one task; returns (per-image manifest, summary).
 
-    ``precision``: fp32, or an autocast precision for the CLIP on GPU (see ``embed.autocast``)."""
+    ``precision``: fp32, or an autocast precision for the CLIP on GPU (see ``embed.autocast``).
+    ``num_workers``: data-loader processes that decode the images (the results do not depend on it)."""
     rows = rows.reset_index(drop=True).copy()
     rows["classname"] = [task["classnames"][y] for y in rows["label"]]
     rows["drop_reason"] = np.where(rows["status"] == "success", None, "download_failed")
     rows.loc[rows["status"] != "success", "shard"] = None
 
     # describe candidates and evaluation images
-    emb, desc = describe_rows(clip, rows, cfg, device, log, precision)
+    emb, desc = describe_rows(clip, rows, cfg, device, log, precision, num_workers)
     eval_desc = dedup_descriptors(clip, list(eval_items["path"]), cfg["dedup"], cfg["batch_size"], device,
-                                  precision=precision)
+                                  precision=precision, num_workers=num_workers)
 
     # exact duplicates within a class; near-duplicates of evaluation images are marked before or after
     # the CLIP-score filter, as ``order`` says

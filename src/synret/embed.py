@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Callable, Sequence
 
 import numpy as np
@@ -35,6 +36,34 @@ class ImageDataset(Dataset):
         return x if self.labels is None else (x, self.labels[i])
 
 
+# How data-loader workers start: forked, deliberately (Python 3.14 makes 'forkserver' the Linux default).
+# - A fork inherits the imported libraries and the dataset as they are: the image bytes a job already holds
+#   (a shard's, the training subset's) and the path lists are shared copy-on-write, where 'forkserver' and
+#   'spawn' would pickle them to every worker and import torch in each (seconds of CPU apiece: what the
+#   job server, synret.jobserver, exists to save).
+# - It is safe here. Workers only read, decode and transform images on the CPU; batches reach the GPU in
+#   the parent (pin_memory's thread starts after the fork), so no worker inherits or touches a CUDA context.
+#   Torch's worker loop sets one intra-op thread before the first image, so a worker never enters an
+#   OpenMP parallel region, whose thread pool does not survive a fork (libgomp's): the deadlock that forking
+#   after multi-threaded torch work can cause. A job served by the job server is itself a fork of a process
+#   that ran no torch operation; forking its workers is the same as forking a fresh job's
+#   (tests/test_jobserver.py runs a loader with workers in a served job after two-thread torch work).
+# Elsewhere (macOS, Windows) the platform's default start method is kept.
+WORKER_START = "fork" if sys.platform.startswith("linux") else None
+
+
+def image_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, device: str = "cpu", **kwargs) -> DataLoader:
+    """A loader that reads, decodes and preprocesses images in ``num_workers`` worker processes (0: in this
+    process), batches in order unless ``kwargs`` ask to shuffle. Workers end with each pass over the data
+    (no persistent workers); on CUDA, batches come in pinned memory. Deterministic transforms give the same
+    bits with any number of workers; random augmentations draw per worker (training's finetune.num_workers
+    is part of its result)."""
+    workers = int(num_workers)
+    extra = {"multiprocessing_context": WORKER_START} if workers > 0 and WORKER_START else {}
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=False,
+                      pin_memory=str(device).startswith("cuda"), **extra, **kwargs)
+
+
 AUTOCAST_DTYPES = {"amp_bf16": torch.bfloat16, "amp": torch.float16}
 
 
@@ -54,8 +83,9 @@ def embed_images(
     clip: LoadedClip, items: Sequence[bytes | str | np.ndarray], batch_size: int = 256, device: str = "cpu",
     num_workers: int = 0, precision: str = "fp32",
 ) -> np.ndarray:
-    """L2-normalised image embeddings (float32, one row per item, in order)."""
-    loader = DataLoader(ImageDataset(items, clip.preprocess_val), batch_size=batch_size, num_workers=num_workers)
+    """L2-normalised image embeddings (float32, one row per item, in order); ``num_workers`` processes
+    decode the images (see ``image_loader``)."""
+    loader = image_loader(ImageDataset(items, clip.preprocess_val), batch_size, num_workers, device)
     out = []
     for x in loader:
         with autocast(device, precision):

@@ -22,10 +22,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
-
 from .clip import LoadedClip, zero_shot_weights
-from .embed import ImageDataset, autocast
+from .embed import ImageDataset, autocast, image_loader
 
 
 @dataclass
@@ -120,8 +118,8 @@ def train_classifier(
     # data: a seeded shuffle per epoch
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(ImageDataset(list(images), transform, list(labels)), batch_size=cfg.batch_size,
-                        shuffle=True, generator=generator, num_workers=cfg.num_workers, drop_last=False)
+    loader = image_loader(ImageDataset(list(images), transform, list(labels)), cfg.batch_size, cfg.num_workers,
+                          device, shuffle=True, generator=generator, drop_last=False)
     total = cfg.epochs * len(loader)
 
     # what trains: everything, or only the head on a frozen image tower
@@ -168,9 +166,10 @@ def predict(
     model: ImageClassifier, paths: Sequence[str], transform: Callable, batch_size: int, device: str,
     precision: str, num_workers: int = 0, k: int = TOP_K,
 ) -> np.ndarray:
-    """The ``k`` highest-scoring classes of every image, best first: int array (N, min(k, classes))."""
+    """The ``k`` highest-scoring classes of every image, best first: int array (N, min(k, classes)).
+    ``num_workers`` processes read and preprocess the images (``embed.image_loader``), as training's do."""
     model.eval()
-    loader = DataLoader(ImageDataset(list(paths), transform), batch_size=batch_size, num_workers=num_workers)
+    loader = image_loader(ImageDataset(list(paths), transform), batch_size, num_workers, device)
     ranked = []
     for x in loader:
         with autocast(device, precision):
@@ -192,10 +191,12 @@ def evaluate(
 @torch.no_grad()
 def extract_features(
     visual: nn.Module, paths: Sequence[str], transform: Callable, batch_size: int, device: str, precision: str,
+    num_workers: int = 0,
 ) -> torch.Tensor:
-    """L2-normalised image features of the files, float32 on CPU (what the classifier's head sees)."""
+    """L2-normalised image features of the files, float32 on CPU (what the classifier's head sees);
+    ``num_workers`` processes read and preprocess the images."""
     visual.eval()
-    loader = DataLoader(ImageDataset(list(paths), transform), batch_size=batch_size)
+    loader = image_loader(ImageDataset(list(paths), transform), batch_size, num_workers, device)
     feats = []
     for x in loader:
         with autocast(device, precision):
