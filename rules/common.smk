@@ -27,6 +27,7 @@ from synret.config import (
     canonical,
     check_config,
     expected_cells,
+    isc_weights_of,
     knn_model_settings,
     pool_columns,
     produced_by_world,

@@ -10,6 +10,7 @@ rule curate:
         val="results/tasks/{task}/val.parquet",
         test="results/tasks/{task}/test.parquet",
         model=clip_model_input(),
+        dedup_weights=lambda wc: local_input(isc_weights_of(config, wc.task)),  # a new file reruns curation
     output:
         manifest="results/curated/{task}/{source}/manifest.parquet",
         summary="results/curated/{task}/{source}/summary.json",

@@ -188,6 +188,8 @@ def test_dry_run_lists_the_whole_grid(paper, tmp_path):
             assert f"data/reference_prompts/{background}" in line
         else:  # DTD's texture prompts take no backgrounds
             assert "background_dict" not in line
+    # the ISC weights file is an input of every curate job: a new file reruns curation
+    assert sum(paper["curate"]["dedup"]["weights"] in line for line in inputs) == stats["curate"]
     assert not (tmp_path / "results").exists()  # nothing ran
 
 
