@@ -159,6 +159,13 @@ def test_planted_test_copies_are_removed_from_the_retrieved_arm(smoke_run):
         assert (downloaded["drop_reason"] == "near_duplicate_of_eval").all()
         summary = json.loads((workdir / f"results/curated/{task}/retrieved/summary.json").read_text())
         assert summary["dropped"]["near_duplicate_of_eval"] >= len(downloaded)
+        # the pool's planted_from column reached the manifest, and the tables count the same copies
+        assert (curated.loc[mine.index, "planted_from"] == mine["origin"].map(planted)).all()
+        examined = downloaded[downloaded["drop_reason"] != "duplicate_image"]
+        assert summary["planted_copies"] == len(examined) and summary["planted_copy_recall"] == 1.0
+        sources = pd.read_csv(workdir / "results/tables/sources.csv").set_index(["task", "source"])
+        row = sources.loc[(task, "retrieved")]
+        assert (row["planted_copies"], row["planted_copy_recall"], row["planted_copies_kept"]) == (len(examined), 1.0, 0)
 
 
 def test_downloads_went_through_img2dataset(smoke_run):
