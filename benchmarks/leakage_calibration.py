@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--lookalikes", type=int, default=1000, help="look-alike images per arm and task")
     parser.add_argument("--name", default="demo", help="results file suffix")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="JSON path (default benchmarks/results/leakage_calibration_<name>.json)")
     args = parser.parse_args()
 
     from synret.config import deep_merge
@@ -61,7 +62,7 @@ def main() -> None:
             looks = sum(r["lookalikes"] for r in results)
             out[f"{arm}_false_positive_rate"] = round(
                 sum((r["false_positive_rate"] or 0) * r["lookalikes"] for r in results) / max(looks, 1), 4)
-    path = REPO / "benchmarks" / "results" / f"leakage_calibration_{args.name}.json"
+    path = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"leakage_calibration_{args.name}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: v for k, v in out.items() if k not in ("tasks", "machine")}, indent=2))
     for t in tasks:

@@ -25,48 +25,15 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
 ]
 
-# SD 1.5's component configs (unet/config.json, vae/config.json, text_encoder/config.json,
-# scheduler/scheduler_config.json of the published pipeline), written out here.
-SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True, freq_shift=0,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1, mid_block_scale_factor=1,
-    act_fn="silu", norm_num_groups=32, norm_eps=1e-5, cross_attention_dim=768, attention_head_dim=8,
-)
-SD15_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, sample_size=512, layers_per_block=2, act_fn="silu",
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512), norm_num_groups=32, scaling_factor=0.18215,
-)
-SD15_TEXT = dict(
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-)
-SD15_SCHEDULER = dict(
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    clip_sample=False, set_alpha_to_one=False, steps_offset=1, skip_prk_steps=True,
-)
-
 
 @pytest.fixture(scope="module")
 def sd15_dir(tmp_path_factory):
     """An SD 1.5-architecture pipeline with random weights, saved as diffusers does (fp16 safetensors)."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from synret.architectures import save_sd15, sd15_pipeline
 
-    from synret.world.generator import build_tokenizer
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**SD15_UNET)
-    assert 859e6 < sum(p.numel() for p in unet.parameters()) < 860e6  # SD 1.5's 859.5M
-    pipe = StableDiffusionPipeline(
-        vae=AutoencoderKL(**SD15_VAE), text_encoder=CLIPTextModel(CLIPTextConfig(**SD15_TEXT)),
-        tokenizer=build_tokenizer(77), unet=unet, scheduler=PNDMScheduler.from_config(SD15_SCHEDULER),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    out = tmp_path_factory.mktemp("sd15")
-    pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
-    return out
+    pipe = sd15_pipeline()
+    assert 859e6 < sum(p.numel() for p in pipe.unet.parameters()) < 860e6  # SD 1.5's 859.5M
+    return save_sd15(tmp_path_factory.mktemp("sd15"), pipe=pipe)
 
 
 def test_sd15_architecture_ddim_shard_at_512px(sd15_dir, tmp_path):

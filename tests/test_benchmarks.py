@@ -1,0 +1,58 @@
+"""The benchmark scripts run: the GPU one on toy sizes (--check), the leakage calibration on the smoke run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_its_check_mode(tmp_path):
+    """The same code as on a GPU (the workflow's load_pipeline, the FLOP-counted training step), on toy
+    architectures; a GPU run (without --check) also runs pytest -m gpu and reports against the targets."""
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--check", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["check"] is True and result["machine"]["cores"] >= 1
+    (gen,) = result["generation"]
+    assert gen["images_per_second"] > 0 and gen["steps"] == 2
+    vit = result["vit_b16"]
+    for label in ("bf16", "fp32"):
+        assert vit[f"finetune_images_per_second_{label}"] > 0 and vit[f"eval_images_per_second_{label}"] > 0
+        assert vit[f"finetune_gflop_per_image_{label}"] > 0
+    assert set(result["targets"]) == {"generation_images_per_second_50_steps", "finetune_images_per_second_bf16"}
+
+
+def test_gpu_benchmark_refuses_to_run_without_a_gpu_unless_checking():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu.py")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0 and "no CUDA device" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_leakage_calibration_script_on_the_smoke_run(smoke_run, tmp_path):
+    workdir, _ = smoke_run
+    out = tmp_path / "leakage.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "leakage_calibration.py"), "--workdir", str(workdir),
+         "--config", str(REPO / "configs" / "smoke.yaml"), str(workdir / "port.yaml"),
+         "--originals", "4", "--lookalikes", "40", "--out", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [t["task"] for t in result["tasks"]] == ["shapes", "colored_shapes"]
+    for arm in ("retrieved", "synthetic"):
+        assert 0 <= result[f"{arm}_recall"] <= 1 and result[f"{arm}_false_positive_rate"] == 0
+        assert all(t[arm]["recall_by_kind"]["exact"] == 1.0 for t in result["tasks"])
