@@ -359,3 +359,36 @@ def test_tokens_agree_with_fts5_on_common_scripts():
     wrong = [(hex(ord(c)), c) for i, c in enumerate(chars)
              if tokens(f"a{c}a") != tuple(t for _, t in sorted(theirs.get(i, [])))]
     assert wrong == []
+
+
+# ---------------------------------------------------------------- the vectorised path
+
+
+@pytest.mark.parametrize("batch_rows", [7, 1000, 65536])
+def test_scan_parquet_finds_what_the_caption_by_caption_check_finds(tmp_path, batch_rows):
+    """scan_parquet tokenizes ASCII captions with array operations and sends the rest through
+    TermMatcher.match: its hits, in order, are the caption-by-caption check's."""
+    captions = _captions(3000, seed=3) + [None, "", "A RED star!", "red_star", "golden-retriever puppy"]
+    queries = [(i, n, t) for i, n in enumerate(ORACLE_NAMES) for t in name_query(n)] + [
+        (99, "rose AND flower", ["rose", "flower"]), (98, "star AND star", ["star", "star"]),
+        (97, "St. Bernard", ["St. Bernard"]), (96, "golden AND golden retriever", ["golden", "golden retriever"])]
+    matcher = TermMatcher(queries)
+    path = tmp_path / "part.parquet"
+    pq.write_table(pa.table({"SAMPLE_ID": pa.array(range(len(captions)), pa.int64()),
+                             "URL": [f"u{i}" for i in range(len(captions))], "TEXT": pa.array(captions, pa.string())}),
+                   path)
+    table = scan_parquet(str(path), matcher, {"id": "SAMPLE_ID", "url": "URL", "caption": "TEXT"}, batch_rows)
+    expected = [(alt.label, alt.query, str(i)) for i, c in enumerate(captions) for alt in matcher.match(c or "")]
+    assert list(zip(table.column("label").to_pylist(), table.column("query").to_pylist(),
+                    table.column("id").to_pylist())) == expected
+    assert any(not (c or "").isascii() for c in captions) and len(expected) > 500
+
+
+def test_terms_too_long_for_an_exact_key_take_the_slow_way():
+    words = [f"w{i}" for i in range(40)]
+    long_term = " ".join(words[:20])
+    matcher = TermMatcher([(0, "long", [long_term]), (1, "short", ["w3 w4"])])
+    assert matcher.exact_len < 20
+    captions = pa.array([long_term, "x " + long_term + " y", " ".join(words[:19]), "w3 w4", "w4 w3", "W0 w1"])
+    rows, alts = matcher.match_batch(captions)
+    assert list(zip(rows.tolist(), alts.tolist())) == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 1), (3, 1)]
