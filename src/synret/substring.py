@@ -132,6 +132,13 @@ class TermMatcher:
                                       shape=(len(term_index), len(self.alternatives)))
         self.need_size = np.array([len(set(a.terms)) if all(t in term_index for t in a.terms) else -1
                                    for a in self.alternatives], dtype=np.int64)
+        # per term length up to exact_len: the terms' integer keys, sorted, and their term indices
+        self.key_groups = []
+        for length in sorted({len(ids) for ids in self.term_ids.values() if len(ids) <= self.exact_len}):
+            members = np.array([t for t, ids in enumerate(self.term_ids.values()) if len(ids) == length])
+            keys = np.array([self._key(ids) for ids in self.term_ids.values() if len(ids) == length], dtype=np.int64)
+            order = np.argsort(keys)
+            self.key_groups.append((length, keys[order], members[order]))
 
     def match(self, caption: str) -> list[Alternative]:
         return [self.alternatives[i] for i in self.match_indices(caption)]
@@ -174,12 +181,7 @@ class TermMatcher:
             ids, parent = ids[keep], parent[keep]
             base = len(self.words) + 1
             pairs_rows, pairs_terms = [], []
-            terms = list(self.term_ids.items())  # in term_index order
-            by_len: dict[int, list[int]] = {}
-            for t, (_, word_ids) in enumerate(terms):
-                if len(word_ids) <= self.exact_len:
-                    by_len.setdefault(len(word_ids), []).append(t)
-            for length, members in by_len.items():
+            for length, keys, members in self.key_groups:
                 if len(ids) < length:
                     continue
                 span = len(ids) - length + 1
@@ -189,19 +191,17 @@ class TermMatcher:
                     key = key * base + ids[k:k + span] + 1
                     if k:
                         ok &= (position[k:k + span] - position[:span] == k) & (parent[k:k + span] == parent[:span])
-                term_keys = np.array([self._key(terms[t][1]) for t in members], dtype=np.int64)
-                order = np.argsort(term_keys)
-                where = np.searchsorted(term_keys[order], key)
-                hit = ok & (where < len(term_keys)) & (term_keys[order][np.minimum(where, len(term_keys) - 1)] == key)
+                where = np.minimum(np.searchsorted(keys, key), len(keys) - 1)
+                hit = ok & (keys[where] == key)
                 pairs_rows.append(parent[:span][hit])
-                pairs_terms.append(np.asarray(members)[order][where[hit]])
+                pairs_terms.append(members[where[hit]])
             if self.long_first_words:  # terms too long for an exact key: those captions go the slow way
                 slow[np.unique(parent[np.isin(ids, self.long_first_words)])] = True
             if pairs_rows:
                 rows_t = np.concatenate(pairs_rows)
                 terms_t = np.concatenate(pairs_terms)
                 present = sparse.csr_matrix((np.ones(len(rows_t), np.int32), (rows_t, terms_t)),
-                                            shape=(n, len(terms)))
+                                            shape=(n, len(self.term_ids)))
                 present.data[:] = 1  # a term present twice counts once
                 counts = (present @ self.need).tocoo()
                 match = counts.data == self.need_size[counts.col]
