@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -162,3 +163,25 @@ def test_stale_partial_download_is_discarded(served_images, tmp_path):
     with serve_directory(root, base):
         manifest, counts = download(candidates, out, CFG, log=lambda m: None)
     assert counts["status"] == {"success": 2}
+
+
+def test_the_download_process_keeps_torch_out_and_defers_wandb():
+    """img2dataset runs in ``synret.img2dataset_child``: torch hidden (webdataset's own stand-ins), wandb and
+    albumentations imported but not run until used; a resize still gets the real albumentations."""
+    probe = (
+        "import sys, importlib.util\n"
+        "import synret.img2dataset_child\n"
+        "import img2dataset, img2dataset.resizer as r\n"
+        "assert sys.modules['torch'] is None\n"
+        "from synret.imports import is_deferred\n"
+        "assert is_deferred(sys.modules['wandb']) and is_deferred(sys.modules['albumentations'])\n"
+        "assert 'wandb.sdk' not in sys.modules and 'albumentations.augmentations' not in sys.modules\n"
+        "import numpy as np\n"
+        "img = np.zeros((64, 48, 3), np.uint8)\n"
+        "out = r.A.SmallestMaxSize(max_size=32)(image=img)['image']\n"
+        "assert out.shape[:2] == (43, 32) and 'albumentations.augmentations' in sys.modules\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+    assert done.stdout.strip() == "ok", done.stderr

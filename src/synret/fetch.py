@@ -170,9 +170,8 @@ def run_img2dataset(url_list: Path, out_dir: Path, cfg: dict, log_file=None) -> 
         "enable_wandb": False,
         "compute_hash": "sha256",
     }
-    code = "import json, sys; from img2dataset import download; download(**json.loads(sys.argv[1]))"
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], env=env,
+    proc = subprocess.run([sys.executable, "-m", "synret.img2dataset_child", json.dumps(kwargs)], env=env,
                           stdout=log_file, stderr=subprocess.STDOUT if log_file else None)
     if proc.returncode != 0:
         raise RuntimeError(f"img2dataset exited with status {proc.returncode}")

@@ -52,6 +52,11 @@ START_TIMEOUT = 300.0  # how long a job waits for a new server to finish its imp
 PRELOAD = [  # what the server imports once (missing optional ones are skipped)
     "torch", "torchvision", "open_clip", "pandas", "pyarrow", "pyarrow.parquet", "numpy", "PIL.Image", "faiss",
     "diffusers", "transformers", "snakemake.script",
+    # what loading a Stable Diffusion pipeline imports on demand (diffusers and transformers import lazily)
+    "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion", "diffusers.models.unets.unet_2d_condition",
+    "diffusers.models.autoencoders.autoencoder_kl", "diffusers.schedulers.scheduling_ddim",
+    "diffusers.schedulers.scheduling_dpmsolver_multistep", "diffusers.schedulers.scheduling_pndm",
+    "transformers.models.clip.modeling_clip", "transformers.models.clip.tokenization_clip",
     "synret.cells", "synret.curate", "synret.knn", "synret.synthesize", "synret.clip", "synret.embed",
 ]
 # environment that libraries read when they are imported: part of the server's identity
@@ -217,9 +222,11 @@ def shutdown() -> bool:
 
 def _preload() -> list[str]:
     """Import the heavy libraries without running any torch operation in this process."""
+    from .imports import defer
     from .workflow import pin_kernels
 
     pin_kernels()  # the kernels every job would pin before importing torch
+    defer("wandb")  # as a job would (synret.workflow.run_job)
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # jobs share the machine: threads that wait passively
     import torch
 

@@ -170,6 +170,10 @@ def run_job(smk: Any, main: Callable[[Any, Callable[[str], None]], None], uses_t
     def log(message: str) -> None:
         print(f"[{time.time() - start:7.1f}s] {message}", file=stream, flush=True)
 
+    if uses_torch:
+        from .imports import defer
+
+        defer("wandb")  # timm imports it if installed (img2dataset installs it) and never uses it here
     if job_server and uses_torch:
         from . import jobserver
 
