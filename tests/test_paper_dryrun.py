@@ -17,10 +17,10 @@ import yaml
 
 from synret.config import check_config, deep_merge, shard_count, stage_settings, task_definition
 from synret.preflight import preflight_spec
+from paper_support import POOL_PARTS, stand_ins
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "config.schema.yaml")
-POOL_PARTS = 3
 
 
 def _load(path: Path) -> dict:
@@ -31,23 +31,6 @@ def _load(path: Path) -> dict:
 @pytest.fixture(scope="module")
 def paper() -> dict:
     return deep_merge(_load(ROOT / "config.yaml"), _load(ROOT / "configs" / "paper.yaml"))
-
-
-def stand_ins(workdir: Path, config: dict) -> None:
-    """Empty files and folders at every local path the config names."""
-    for task in config["tasks"]:
-        Path(workdir, config["task_settings"][task]["dataset"]["root"]).mkdir(parents=True, exist_ok=True)
-    metadata = Path(workdir, config["pool"]["metadata"])
-    metadata.parent.mkdir(parents=True, exist_ok=True)
-    for i in range(POOL_PARTS):
-        (metadata.parent / f"part-{i:05d}.parquet").touch()
-    Path(workdir, config["pool"]["knn_index"]).mkdir(parents=True, exist_ok=True)
-    for entry in preflight_spec(config)["caption_files"]:  # the reference's caption files
-        Path(workdir, entry["path"]).parent.mkdir(parents=True, exist_ok=True)
-        Path(workdir, entry["path"]).touch()
-    weights = Path(workdir, config["curate"]["dedup"]["weights"])  # the ISC dedup descriptor's
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    weights.touch()
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
