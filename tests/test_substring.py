@@ -392,3 +392,65 @@ def test_terms_too_long_for_an_exact_key_take_the_slow_way():
     captions = pa.array([long_term, "x " + long_term + " y", " ".join(words[:19]), "w3 w4", "w4 w3", "W0 w1"])
     rows, alts = matcher.match_batch(captions)
     assert list(zip(rows.tolist(), alts.tolist())) == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 1), (3, 1)]
+
+
+# ---------------------------------------------------------------- the Hyperscan path against the caption-by-caption check
+
+import synret.substring as substring_module
+
+RANDOM_WORDS = ["cat", "category", "cats", "dog", "hotdog", "hot", "x", "x1", "b2b", "16", "f", "red", "star", "starfish",
+                "a", "of", "the", "new", "Cafe", "café", "naïve", "ab", "abc", "abcabc", "2012", "go", "goo"]
+RANDOM_SEPARATORS = [" ", " ", " ", "-", "/", "_", ", ", ". ", "  ", "\n", "'", "(", ")", "!", "\t", "&"]
+
+
+def _random_caption(rng: random.Random) -> str:
+    words = [rng.choice(RANDOM_WORDS) for _ in range(rng.randint(0, 12))]
+    if words and rng.random() < 0.3:
+        words.append(words[0])  # a repeated word
+    text = "".join(rng.choice([w, w.upper(), w.capitalize()]) + rng.choice(RANDOM_SEPARATORS) for w in words)
+    return text if rng.random() < 0.5 else text.strip()
+
+
+def _random_queries(rng: random.Random, n: int) -> list[tuple[int, str, list[str]]]:
+    queries = []
+    for label in range(n):
+        words = [rng.choice(RANDOM_WORDS) for _ in range(rng.randint(1, 4))]
+        name = rng.choice([" ", " ", "-", "/", "_"]).join(words)
+        queries += [(label, name, terms) for terms in name_query(name)]
+    return queries + [(n, "cat AND cat", ["cat", "cat"]), (n + 1, "red star AND star", ["red star", "star"])]
+
+
+@pytest.mark.parametrize("use_hyperscan", [True, False])
+@pytest.mark.parametrize("check_cost", [0.0, 2.0, 1e9])  # one anchor per query .. every word an anchor
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_match_batch_equals_the_caption_by_caption_check(monkeypatch, use_hyperscan, check_cost, seed):
+    """Random captions and names (case, digits, underscores, hyphens, phrases, repeated words, names inside
+    longer words): every path's matches, batch by batch and on a sliced array, are match_indices's."""
+    if use_hyperscan:
+        pytest.importorskip("hyperscan")
+        monkeypatch.setattr(substring_module._AnchorScan, "check_cost", check_cost)
+    else:
+        monkeypatch.setattr(substring_module, "hyperscan", None)
+    rng = random.Random(seed)
+    captions = [_random_caption(rng) for _ in range(3000)] + [None, "", "CAT", "cat_category", "x1x", "f/16"]
+    matcher = TermMatcher(_random_queries(rng, 60))
+    expected = [(row, alt) for row, text in enumerate(captions) for alt in matcher.match_indices(text or "")]
+    assert len(expected) > 1000
+    array = pa.array(["padding"] * 7 + captions, pa.string()).slice(7)  # an offset into the buffers
+    for size in (len(captions), 500, 1):
+        got = []
+        for start in range(0, len(captions), size) if size > 1 else range(0, 200):
+            rows, alts = matcher.match_batch(array.slice(start, size))
+            got += [(start + r, a) for r, a in zip(rows.tolist(), alts.tolist())]
+        assert got == (expected if size > 1 else [m for m in expected if m[0] < 200])
+
+
+def test_anchor_scan_settles_or_checks_every_kind_of_query():
+    pytest.importorskip("hyperscan")
+    matcher = TermMatcher([(0, "cat", ["cat"]), (1, "red star", ["red star"]), (2, "cat AND dog", ["cat", "dog"]),
+                           (3, "café", ["café"])])
+    captions = pa.array(["a cat", "category", "red-star", "red big star", "dog, CAT", "café cat", "cat_dog", "CAFE"])
+    rows, alts = matcher.match_batch(captions)
+    assert list(zip(rows.tolist(), alts.tolist())) == [
+        (0, 0), (2, 1), (4, 0), (4, 2), (5, 0), (5, 3), (6, 0), (6, 2), (7, 3)]
+    assert matcher._scan.settles.tolist() == [True, False, True, True]  # a phrase's candidates are checked
