@@ -31,7 +31,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .substring import name_query
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
@@ -356,6 +355,8 @@ def default_queries(classnames: list[str], queries: dict[str, list[list[str]]]) 
     unknown = sorted(set(queries) - set(classnames))
     if unknown:
         raise TaskDataError(f"queries given for unknown class name(s) {unknown}")
+    from .substring import name_query  # not at import: the Snakefile imports this module to plan
+
     return [queries[name] if name in queries else name_query(name) for name in classnames]
 
 
@@ -404,6 +405,8 @@ def build_task(name: str, definition: dict[str, Any], out_dir: str | Path) -> di
 def read_task(path: str | Path) -> dict:
     task = json.loads(Path(path).read_text())
     if isinstance(task.get("queries"), dict):  # written before queries were kept per label
+        from .substring import name_query
+
         task["queries"] = [task["queries"].get(name) or name_query(name) for name in task["classnames"]]
     return task
 
