@@ -80,12 +80,13 @@ def test_normalisation_has_the_bits_of_totensor_and_normalize(vit_b16_train):
     rng = np.random.default_rng(1)
     hwc = rng.integers(0, 256, (5, 17, 23, 3), dtype=np.uint8)
     hwc[0, 0, :3] = [[0, 0, 0], [255, 255, 255], [128, 1, 254]]
-    batch = torch.from_numpy(hwc).permute(0, 3, 1, 2)
+    batch = torch.from_numpy(hwc)
     expected = torch.stack([reference(im) for im in hwc])
     assert fast.normalize(batch).dtype == torch.float32
     assert torch.equal(fast.normalize(batch), expected)
     # the table other devices look values up in (CUDA's scalar division is not ToTensor's)
     assert torch.equal(_normalize_by_table(batch, fast.mean, fast.std), expected)
+    assert torch.equal(_normalize_by_table(batch, fast.mean, fast.std, chunk=2), expected)
     assert normalization_table(fast.mean, fast.std).shape == (3, 256)
 
 
@@ -103,14 +104,14 @@ def test_same_crops_and_pixels_within_the_resize_tolerance(vit_b16_train, fmt):
         torch.manual_seed(i)
         pixels = fast(decode_image(data))
         assert torch.equal(torch.get_rng_state(), after_reference)  # the same draws, no more
-        assert pixels.shape == reference.shape == (3, 224, 224) and pixels.dtype == torch.uint8
+        assert pixels.shape == (224, 224, 3) and pixels.dtype == torch.uint8 and reference.shape == (3, 224, 224)
         # the same box: Pillow's resize of it, normalised, has the reference's bits exactly
         torch.manual_seed(i)
         box = RandomResizedCrop.get_params(decode_image(data), list(crop.scale), list(crop.ratio))
-        pil_pixels = TF.pil_to_tensor(TF.resized_crop(decode_image(data), *box, [224, 224], crop.interpolation))
+        pil_pixels = torch.from_numpy(np.array(TF.resized_crop(decode_image(data), *box, [224, 224], crop.interpolation)))
         assert torch.equal(fast.normalize(pil_pixels[None])[0], reference)
         # torch's resize of the box: within the tolerance of Pillow's
-        diffs.append((to_levels(reference, fast) - pixels.float()).abs())
+        diffs.append((to_levels(reference, fast) - pixels.permute(2, 0, 1).float()).abs())
         assert (fast.normalize(pixels[None])[0] - reference).abs().max() <= RESIZE_TOLERANCE / 255 / min(fast.std) + 1e-6
     diffs = torch.stack(diffs)
     assert diffs.max() <= RESIZE_TOLERANCE
@@ -143,8 +144,8 @@ def test_grayscale_and_rgba_sources_become_rgb(vit_b16_train):
         reference = train(image)
         torch.manual_seed(0)
         pixels = fast(image)
-        assert pixels.shape == (3, 224, 224)
-        assert (to_levels(reference, fast) - pixels.float()).abs().max() <= RESIZE_TOLERANCE
+        assert pixels.shape == (224, 224, 3)
+        assert (to_levels(reference, fast) - pixels.permute(2, 0, 1).float()).abs().max() <= RESIZE_TOLERANCE
 
 
 def test_deterministic_under_a_seed(vit_b16_train):
@@ -177,8 +178,8 @@ def test_loader_workers_give_the_references_crops(vit_b16_train):
         fast = batches(data, transform, None, workers)
         assert [y.tolist() for _, y in fast] == [y.tolist() for _, y in reference]
         for (x, _), (ref, _) in zip(fast, reference):
-            assert x.dtype == torch.uint8 and x.shape == ref.shape
-            assert (to_levels(ref, transform) - x.float()).abs().max() <= RESIZE_TOLERANCE
+            assert x.dtype == torch.uint8 and x.permute(0, 3, 1, 2).shape == ref.shape
+            assert (to_levels(ref, transform) - x.permute(0, 3, 1, 2).float()).abs().max() <= RESIZE_TOLERANCE
             assert (finish(x) - ref).abs().max() <= RESIZE_TOLERANCE / 255 / min(transform.std) + 1e-6
         again = batches(data, transform, None, workers)
         assert all(torch.equal(a, b) for (a, _), (b, _) in zip(fast, again))

@@ -13,9 +13,10 @@ the decode the rest (benchmarks/image_loading.py). ``FastTrainTransform`` does t
   photo-like 256-px images 99.6% of the values are Pillow's, the rest 1 level of 255 off, a few in a
   million 2 (tests/test_image_loading.py bounds it at ``RESIZE_TOLERANCE``; benchmarks/image_loading.py
   measures it);
-- the float conversion and normalisation once per batch (``normalize``), where the batch is computed on:
-  loader workers hand over uint8 pixels, a quarter of the bytes. The normalised values are bit for bit
-  those of ToTensor + Normalize of the same pixels.
+- the float conversion, the move of the channels first and the normalisation once per batch
+  (``normalize``), where the batch is computed on: loader workers hand over uint8 pixels as the decoder
+  lays them out, (h, w, 3), a quarter of the bytes, batched by a plain copy. The normalised values are
+  bit for bit those of ToTensor + Normalize of the same pixels.
 
 Anything else open_clip may build for training (timm's transforms, colour jitter, grayscale, another
 interpolation) is not recognised, and training keeps open_clip's own transform. Evaluation always uses the
@@ -39,7 +40,8 @@ RESIZE_TOLERANCE = 2  # uint8 levels: the largest difference from Pillow's bicub
 
 @dataclass(frozen=True)
 class FastTrainTransform:
-    """RandomResizedCrop to ``size`` (h, w) on a PIL image, giving uint8 (3, h, w); ``normalize`` finishes a batch."""
+    """RandomResizedCrop to ``size`` (h, w) on a PIL image, giving uint8 (h, w, 3); ``normalize`` turns a
+    batch of them into the model's input, float32 (n, 3, h, w)."""
 
     size: tuple[int, int]
     scale: tuple[float, float]
@@ -57,12 +59,12 @@ class FastTrainTransform:
             crop = torch.from_numpy(pixels[top : top + h, left : left + w])
         # (1, 3, h, w) in channels-last memory: the layout torch's vectorised uint8 resize works on
         crop = crop.permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last)
-        return _resize_like_pillow(crop, self.size)[0]
+        return _resize_like_pillow(crop, self.size)[0].permute(1, 2, 0)  # (h, w, 3): its memory as it is
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 (n, 3, h, w) -> float32 ``(x / 255 - mean) / std``, the bits ToTensor + Normalize give, on
-        the batch's device: on CPU the same float operations one image at a time (in cache), elsewhere a
-        lookup of the 3 x 256 values those operations give."""
+        """uint8 (n, h, w, 3) -> float32 (n, 3, h, w) ``(x / 255 - mean) / std``, the bits ToTensor +
+        Normalize give, on the batch's device: on CPU the same float operations one image at a time (in
+        cache), elsewhere a lookup of the 3 x 256 values those operations give."""
         if batch.device.type == "cpu":
             return _normalize_by_operations(batch, self.mean, self.std)
         return _normalize_by_table(batch, self.mean, self.std)
@@ -82,11 +84,12 @@ def _resize_like_pillow(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Te
 
 
 def _normalize_by_operations(batch: torch.Tensor, mean, std) -> torch.Tensor:
-    out = torch.empty(batch.shape, dtype=torch.float32)
+    n, h, w, c = batch.shape
+    out = torch.empty((n, c, h, w), dtype=torch.float32)
     m = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
     for image, pixels in zip(out, batch):
-        image.copy_(pixels).div_(255).sub_(m).div_(s)  # ToTensor's division, then Normalize's sub_ and div_
+        image.copy_(pixels.permute(2, 0, 1)).div_(255).sub_(m).div_(s)  # ToTensor's division, then Normalize's sub_ and div_
     return out
 
 
@@ -98,11 +101,16 @@ def normalization_table(mean, std) -> torch.Tensor:
     return TF.normalize(TF.to_tensor(values), list(mean), list(std))[:, 0, :]
 
 
-def _normalize_by_table(batch: torch.Tensor, mean, std) -> torch.Tensor:
-    # a table lookup is exact on any device: CUDA divides by a scalar as a product with its reciprocal
-    table = normalization_table(mean, std).to(batch.device)
+def _normalize_by_table(batch: torch.Tensor, mean, std, chunk: int = 64) -> torch.Tensor:
+    # a table lookup is exact on any device (CUDA divides by a scalar as a product with its reciprocal);
+    # in chunks of images, so the int64 indices take at most twice the float output of one chunk
+    table = normalization_table(mean, std).to(batch.device).view(-1)
     offsets = 256 * torch.arange(3, device=batch.device).view(1, 3, 1, 1)
-    return table.view(-1)[batch.long() + offsets]
+    n, h, w, c = batch.shape
+    out = torch.empty((n, c, h, w), dtype=torch.float32, device=batch.device)
+    for start in range(0, n, chunk):
+        out[start : start + chunk] = table[batch[start : start + chunk].permute(0, 3, 1, 2).long() + offsets]
+    return out
 
 
 def fast_train_transform(transform: Callable) -> FastTrainTransform | None:
