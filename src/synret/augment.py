@@ -88,8 +88,8 @@ def _normalize_by_operations(batch: torch.Tensor, mean, std) -> torch.Tensor:
     out = torch.empty((n, c, h, w), dtype=torch.float32)
     m = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    for image, pixels in zip(out, batch):
-        image.copy_(pixels.permute(2, 0, 1)).div_(255).sub_(m).div_(s)  # ToTensor's division, then Normalize's sub_ and div_
+    for image, pixels in zip(out, batch):  # ToTensor's division, then Normalize's sub_ and div_
+        image.copy_(pixels.permute(2, 0, 1)).div_(255).sub_(m).div_(s)
     return out
 
 
@@ -102,7 +102,7 @@ def normalization_table(mean, std) -> torch.Tensor:
 
 
 def _normalize_by_table(batch: torch.Tensor, mean, std, chunk: int = 64) -> torch.Tensor:
-    # a table lookup is exact on any device (CUDA divides by a scalar as a product with its reciprocal);
+    # a table lookup is exact on any device (CUDA may divide by a scalar as a product with its reciprocal);
     # in chunks of images, so the int64 indices take at most twice the float output of one chunk
     table = normalization_table(mean, std).to(batch.device).view(-1)
     offsets = 256 * torch.arange(3, device=batch.device).view(1, 3, 1, 1)
