@@ -56,3 +56,18 @@ def test_leakage_calibration_script_on_the_smoke_run(smoke_run, tmp_path):
     for arm in ("retrieved", "synthetic"):
         assert 0 <= result[f"{arm}_recall"] <= 1 and result[f"{arm}_false_positive_rate"] == 0
         assert all(t[arm]["recall_by_kind"]["exact"] == 1.0 for t in result["tasks"])
+
+
+@pytest.mark.slow
+def test_image_loading_benchmark_runs_on_a_few_images(tmp_path):
+    """The script's shards, passes and JSON on a few images; its speeds are recorded, never asserted."""
+    out = tmp_path / "image_loading.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "image_loading.py"), "--images", "12", "--rounds",
+                           "1", "--batch-size", "4", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["formats"]) == {"jpg", "png"} and result["crop_size"] == [224, 224]
+    for fmt in result["formats"].values():
+        assert fmt["with_workers"]["num_workers"] == 1
+        assert fmt["one_core"]["fast"]["images_per_cpu_second"] > 0
+        assert fmt["difference"]["max_levels"] <= 2 and fmt["difference"]["images"] == 12
