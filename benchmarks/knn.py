@@ -1,6 +1,6 @@
 """kNN search on an index built as LAION's is (OPQ, IVF over HNSW, PQ: autofaiss), scaled down to 1M vectors.
 
-    python benchmarks/knn.py            # 1M vectors of 768 dims: about 20 minutes on 2 cores
+    python benchmarks/knn.py            # 1M vectors of 768 dims: 29 minutes on 2 shared cores, 23 of them building
     python benchmarks/knn.py --check    # 20,000 vectors and a small factory: the script itself, in a minute
 
 Data: 1M unit vectors (ViT-L/14's 768 dims) from a generator with CLIP-like structure: a shared
@@ -29,6 +29,13 @@ baseline), at the stored nprobe (what ``retrieval.knn.nprobe: null`` keeps) and 
 nprobe; the smallest nprobe reaching recall@500 >= 0.9 for text queries (issue 11's target); the
 recall with every list scanned (what PQ alone allows); the process' RSS and the index file's size.
 Writes ``benchmarks/results/knn.json`` (``--out`` elsewhere).
+
+Measured here (2 shared cores, faiss 1.15.1): autofaiss stored nprobe 85 (efSearch 170) of 4,096 lists,
+the largest answering one query in 10 ms; there text queries reach recall@500 0.943 (image 0.969),
+the most PQ256x8 allows (0.946 with every list scanned), at 289 QPS batched, 3.7x exact search. The
+smallest nprobe reaching 0.9 is 12 (0.921; 8 gives 0.896), at 1,271 QPS. recall@10 stops at ~0.83
+(text) whatever nprobe: PQ's error, not the lists. These hold for this generator and this nlist: LAION's
+lists are 72x fuller (17.7k vectors), so an nprobe does not carry over to its index as a number.
 """
 
 from __future__ import annotations
