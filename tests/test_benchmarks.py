@@ -1,8 +1,9 @@
-"""The benchmark scripts run: the GPU one on toy sizes (--check), the leakage calibration on the smoke run."""
+"""The benchmark scripts run: the GPU and kNN ones on toy sizes (--check), the leakage calibration on the smoke run."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+CLIP_RETRIEVAL_VENV = Path(os.environ.get("SYNRET_CLIP_RETRIEVAL_VENV", REPO / ".venvs" / "clip-retrieval"))
 
 
 @pytest.mark.slow
@@ -71,3 +73,29 @@ def test_image_loading_benchmark_runs_on_a_few_images(tmp_path):
         assert fmt["with_workers"]["num_workers"] == 1
         assert fmt["one_core"]["fast"]["images_per_cpu_second"] > 0
         assert fmt["difference"]["max_levels"] <= 2 and fmt["difference"]["images"] == 12
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CLIP_RETRIEVAL_VENV / "bin" / "python").exists(),
+                    reason=f"no clip-retrieval venv (autofaiss) at {CLIP_RETRIEVAL_VENV}")
+def test_knn_benchmark_runs_its_check_mode(tmp_path):
+    """20,000 vectors and a small OPQ-IVF-HNSW-PQ factory, through autofaiss' choices and the workflow's
+    KnnIndex, memory-mapped (about a minute on 2 cores)."""
+    out = tmp_path / "knn.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "knn.py"), "--check", "--out", str(out),
+                           "--autofaiss-python", str(CLIP_RETRIEVAL_VENV / "bin" / "python")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["check"] is True and result["machine"]["cores"] >= 1
+    build, found, summary = result["build"], result["mmapped"], result["summary"]
+    assert build["factory"] == result["settings"]["factory"] and build["autofaiss_pick"].startswith("OPQ")
+    assert build["stored_nprobe"] == found["stored_nprobe"] == summary["stored_nprobe"] >= 1
+    assert found["invlists"] == "OnDiskInvertedLists"  # memory-mapped, not read into memory
+    for name in ("text", "image"):
+        assert 0 <= found["stored"][name]["recall@500"] <= 1 and found["stored"][name]["qps"] > 0
+    nprobes = [row["nprobe"] for row in found["sweep"]]
+    assert nprobes == sorted(nprobes) and nprobes[-1] == found["nlist"]
+    assert found["every_list"]["nprobe"] == found["nlist"] and 0 <= found["every_list"]["text"]["recall@500"] <= 1
+    assert result["exact_flat_baseline"]["qps_batched"] > 0 and summary["index_file_mib"] > 0
+    assert summary["rss_mib_mmapped_after_search"] > 0 and "stored_meets_target" in summary
