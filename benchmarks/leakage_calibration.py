@@ -54,7 +54,7 @@ def main() -> None:
         "seconds": round(time.time() - start, 1), "machine": machine(), "tasks": tasks,
         "target": ">= 0.99 of planted copies removed in both arms, at a reported false-positive rate",
     }
-    for arm in ("retrieved", "synthetic"):
+    for arm in config["sources"]:
         results = [t[arm] for t in tasks if arm in t]
         if results:
             copies = sum(r["copies"] for r in results)
@@ -66,7 +66,7 @@ def main() -> None:
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: v for k, v in out.items() if k not in ("tasks", "machine")}, indent=2))
     for t in tasks:
-        for arm in ("retrieved", "synthetic"):
+        for arm in config["sources"]:
             if arm in t:
                 r = t[arm]
                 print(t["task"], arm, "recall", round(r["recall"], 3),

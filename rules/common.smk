@@ -32,10 +32,10 @@ from synret.config import (
     pool_columns,
     produced_by_world,
     serve_settings,
-    shard_count,
     stage_settings,
     task_definition,
 )
+from synret.sources import SOURCES as SOURCE_DEFINITIONS, source
 
 try:
     check_config(config, os.path.join(workflow.basedir, "config.schema.yaml"))
@@ -63,7 +63,7 @@ def one_of(names):
 
 wildcard_constraints:
     task=one_of(TASKS),
-    source="synthetic|retrieved",
+    source=one_of(SOURCE_DEFINITIONS),
     scale=r"\d+",
     seed=r"\d+",
     shard=r"\d{5}",
@@ -151,36 +151,16 @@ def pool_part(wildcards):
     return pool_parts()[int(wildcards.part)]
 
 
-# ---------------------------------------------------------------- the two arms
+# ---------------------------------------------------------------- the sources
 
 
 def shard_size_of(wildcards):
     return stage_settings(config, "synthetic", wildcards.task)["shard_size"]
 
 
-def synthetic_shard_ids(task):
-    images = stage_settings(config, "prompts", task)["images"]
-    size = stage_settings(config, "synthetic", task)["shard_size"]
-    return [f"{i:05d}" for i in range(shard_count(images, size))]
-
-
-def synthetic_outputs(task):
-    return {
-        "shards": expand("results/synthetic/{task}/shard-{shard}.tar", task=task, shard=synthetic_shard_ids(task)),
-        "manifests": expand(
-            "results/synthetic/{task}/shard-{shard}.parquet", task=task, shard=synthetic_shard_ids(task)
-        ),
-    }
-
-
 def source_images(wildcards):
-    """What a source of a task consists of: its images and the manifests that list them."""
-    if wildcards.source == "synthetic":
-        return synthetic_outputs(wildcards.task)
-    return {
-        "shards": f"results/retrieval/{wildcards.task}/download",
-        "manifests": f"results/retrieval/{wildcards.task}/download_manifest.parquet",
-    }
+    """What a source of a task consists of: its images and the manifests that list them (synret.sources)."""
+    return source(wildcards.source).images(config, wildcards.task)
 
 
 def retrieval_hit_inputs(wildcards):

@@ -9,9 +9,10 @@ from PIL import Image
 
 from synret.clip import load_clip
 from synret.curate import (
-    MANIFEST_COLUMNS, class_filter, copies_of, curate, nested_subset, pixel_descriptor, synthetic_rows,
+    MANIFEST_COLUMNS, class_filter, copies_of, curate, nested_subset, pixel_descriptor,
 )
 from synret.shards import encode_image, write_shard
+from synret.sources import SYNTHETIC
 from synret.world.render import perturb
 
 CFG = {
@@ -83,7 +84,7 @@ def curation_inputs(tmp_path, shape_images):
     write_shard(tmp_path / "s.tar", samples)
     task = {"classnames": ["circle", "square", "triangle", "pentagon", "hexagon", "star"],
             "filter_templates": ["a photo of a {c}."]}
-    return synthetic_rows(pd.DataFrame(manifest)), task, evals
+    return SYNTHETIC.candidates(pd.DataFrame(manifest)), task, evals
 
 
 def test_curate_reasons_and_manifest(curation_inputs, tiny_clip_dir):

@@ -56,7 +56,7 @@ def test_each_arm_stores_a_copy_as_it_stores_its_images(shape_images):
     assert Image.open(io.BytesIO(stored)).format == "JPEG" and Image.open(io.BytesIO(stored)).size == (24, 24)
     stored = arm_storage("synthetic", {"save_size": 20, "image_format": "png"})(wide)
     assert Image.open(io.BytesIO(stored)).size == (20, 20)
-    with pytest.raises(ValueError, match="unknown arm"):
+    with pytest.raises(ValueError, match="unknown source"):
         arm_storage("mixed", {})
 
 

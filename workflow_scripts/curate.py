@@ -11,14 +11,15 @@ def main(smk, log):
     from synret.workflow import write_json
     from synret.cells import resolve_precision
     from synret.clip import load_clip  # torch: import after run_job set the threads
-    from synret.curate import curate, retrieved_rows, synthetic_rows
+    from synret.curate import curate
     from synret.resources import loader_workers
+    from synret.sources import source
     from synret.synthesize import pick_device
     from synret.workflow import available_cpus
 
     manifests = smk.input.manifests if isinstance(smk.input.manifests, list) else [smk.input.manifests]
     listed = pd.concat([pq.read_table(p).to_pandas() for p in manifests], ignore_index=True)
-    rows = synthetic_rows(listed) if smk.wildcards.source == "synthetic" else retrieved_rows(listed)
+    rows = source(smk.wildcards.source).candidates(listed)
     cfg = smk.params.curate
     evals = pd.concat([pq.read_table(getattr(smk.input, split)).to_pandas() for split in cfg["dedup"]["splits"]],
                       ignore_index=True)

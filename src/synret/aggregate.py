@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from .config import ZEROSHOT, expected_cells  # noqa: F401 (expected_cells: part of this module's API)
+from .sources import source_style
 from .stats import BootstrapConfig, cell_interval, seed_image_interval, paired_difference
 
 KEY = ["task", "source", "scale", "seed"]
@@ -45,10 +46,6 @@ SOURCE_COLUMNS = [
     "zeroshot_test_top1", "mean_clip_score_kept", "planted_copies", "planted_copy_recall", "planted_copies_kept",
 ]
 ACCURACY_DECIMALS = 4
-SOURCE_STYLE = {
-    "retrieved": {"color": "#1f77b4", "marker": "o", "label": "retrieved (real)"},
-    "synthetic": {"color": "#d62728", "marker": "s", "label": "synthetic (generated)"},
-}
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -273,7 +270,7 @@ def _plot_axes(ax, summary: pd.DataFrame, task: str, metric: str) -> None:
     groups = list(cells.groupby("source", sort=True))
     for i, (source, group) in enumerate(groups):
         group = group.sort_values("scale")
-        style = SOURCE_STYLE.get(source, {"label": source})
+        style = source_style(source)
         dodge = 1 + 0.04 * (i - (len(groups) - 1) / 2)  # side by side on the log axis, so no interval hides another
         x, y = group["n_train"].to_numpy(float) * dodge, group[metric].to_numpy(float)
         lo, hi = group[f"{metric}_lo"].to_numpy(float), group[f"{metric}_hi"].to_numpy(float)

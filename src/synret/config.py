@@ -6,7 +6,6 @@ Kept free of heavy imports: the Snakefile imports this module at every invocatio
 from __future__ import annotations
 
 import copy
-import glob
 import os
 import re
 from typing import Any
@@ -162,22 +161,11 @@ def path_errors(config: dict) -> list[str]:
     clip_model = config["clip"]["model"]
     if clip_model.startswith("local-dir:"):
         need("clip.model", clip_model[len("local-dir:"):], "CLIP model directory")
-    generator = config["generator"]["model"]
-    if "synthetic" in config["sources"] and _is_local_path(generator):
-        need("generator.model", generator, "generator directory")
-    pool = config["pool"]
-    if "retrieved" in config["sources"]:
-        if not produced_by_world(config, pool["metadata"]) and not glob.glob(pool["metadata"]):
-            problems.append(f"config key 'pool.metadata': no files match {pool['metadata']!r}")
-        if any(stage_settings(config, "retrieval", t)["knn"]["enabled"] for t in config["tasks"]):
-            if pool.get("knn_index") and pool.get("knn_service"):
-                problems.append("config keys 'pool.knn_index' and 'pool.knn_service': set one kNN backend, not both")
-            elif not pool.get("knn_index") and not pool.get("knn_service"):
-                problems.append("config key 'pool.knn_index': kNN retrieval is enabled but neither an index "
-                                "nor 'pool.knn_service' is set")
-            need("pool.knn_index", pool.get("knn_index"), "kNN index folder")
-        if pool.get("serve"):
-            need("pool.serve.root", pool["serve"]["root"], "served folder")
+    from .sources import SOURCES
+
+    for name in config["sources"]:  # what each source needs: its models, pool, index (unknown ones: see semantic_errors)
+        if name in SOURCES:
+            problems += SOURCES[name].config_problems(config, need)
     for task in config["tasks"]:
         need(f"task_settings.{task}.dataset.root", config["task_settings"][task]["dataset"]["root"], "dataset root")
     for weights in sorted({isc_weights_of(config, t) for t in config["tasks"]} - {None}):
@@ -199,10 +187,12 @@ def semantic_errors(config: dict) -> list[str]:
             problems.append(f"config key 'tasks': task {task!r} has no entry in 'task_settings'")
     if problems:
         return problems
-    for task in config["tasks"]:
-        retrieval = stage_settings(config, "retrieval", task)
-        if "retrieved" in config["sources"] and not (retrieval["knn"]["enabled"] or retrieval["substring"]["enabled"]):
-            problems.append(f"config key 'retrieval' (task {task}): enable knn or substring retrieval")
+    from .sources import SOURCES
+
+    unknown = [name for name in config["sources"] if name not in SOURCES]
+    if unknown:
+        problems.append(f"config key 'sources': unknown source{'s' * (len(unknown) > 1)} "
+                        f"{', '.join(map(repr, unknown))}; known sources: {', '.join(SOURCES)}")
     lacking = [t for t in config["tasks"] if stage_settings(config, "curate", t)["dedup"].get("descriptor") == "isc"
                and not isc_weights_of(config, t)]
     if lacking:

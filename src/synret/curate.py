@@ -35,27 +35,6 @@ MANIFEST_COLUMNS = [
 ]
 
 
-def synthetic_rows(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Candidate rows of the synthetic arm from the generator's shard manifests."""
-    return pd.DataFrame({
-        "key": manifest["key"], "label": manifest["label"].astype(int), "source": "synthetic",
-        "origin": manifest["prompt"], "query": None, "methods": "generator", "shard": manifest["shard"],
-        "member": manifest["key"], "sha256": manifest["sha256"], "status": "success", "planted_from": None,
-    })
-
-
-def retrieved_rows(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Candidate rows of the retrieved arm from the download manifest (one per class and pool item)."""
-    return pd.DataFrame({
-        "key": "r" + manifest["id"].astype(str) + "-c" + manifest["label"].astype(str),
-        "label": manifest["label"].astype(int), "source": "retrieved", "origin": manifest["url"],
-        "query": manifest["query"], "methods": manifest["methods"], "shard": manifest["shard"],
-        "member": manifest["key"], "sha256": manifest["sha256"], "status": manifest["status"],
-        # where the pool says so (pool.columns.planted_from): the evaluation image this item copies
-        "planted_from": manifest["planted_from"] if "planted_from" in manifest else None,
-    })
-
-
 def pixel_descriptor(image: Image.Image, size: int) -> np.ndarray:
     """A copy-detection descriptor: the image shrunk to size x size, mean-removed, unit norm.
 

@@ -31,6 +31,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from .sources import source, sources_of
+
 COPY_KINDS = ("exact", "resized", "jpeg", "letterbox", "crop", "colour_jitter")
 
 
@@ -74,36 +76,10 @@ def make_copy(image: Image.Image, kind: str, rng: np.random.Generator) -> Image.
 
 
 def arm_storage(arm: str, settings: dict) -> Callable[[Image.Image], bytes]:
-    """How an arm stores an incoming image: the bytes a shard of that arm would hold.
-
-    ``retrieved``: ``settings`` is ``retrieval.download`` (img2dataset's resizer with its
-    image_size, resize_mode and encode_format); ``synthetic``: ``settings`` is the ``synthetic``
-    block (resized to save_size, bicubic, as :mod:`synret.synthesize` saves, in image_format)."""
-    if arm == "retrieved":
-        from img2dataset.resizer import Resizer
-
-        from .fetch import ENCODE_QUALITY
-
-        fmt = settings.get("encode_format", "jpg")
-        resizer = Resizer(image_size=settings["image_size"], resize_mode=settings.get("resize_mode", "border"),
-                          resize_only_if_bigger=settings.get("resize_only_if_bigger", False), encode_format=fmt,
-                          encode_quality=ENCODE_QUALITY[fmt])
-
-        def store(image: Image.Image) -> bytes:
-            data, *_, error = resizer(io.BytesIO(_encode(image, "png")))
-            if error is not None:
-                raise ValueError(f"img2dataset's resizer rejected a planted copy: {error}")
-            return data
-
-        return store
-    if arm == "synthetic":
-        size, fmt = settings["save_size"], settings.get("image_format", "png")
-
-        def store(image: Image.Image) -> bytes:
-            return _encode(image.convert("RGB").resize((size, size), Image.BICUBIC), fmt)
-
-        return store
-    raise ValueError(f"unknown arm {arm!r}; choose retrieved or synthetic")
+    """How a source stores an incoming image: the bytes a shard of that source would hold, given the
+    settings that say how (``synret.sources.Source.storage``; ``retrieved``: ``retrieval.download``,
+    ``synthetic``: the ``synthetic`` block)."""
+    return source(arm).storage(settings)
 
 
 def plant_copies(originals: Sequence[Image.Image], kinds: Sequence[str], seed: int) -> list[tuple[int, str, Image.Image]]:
@@ -211,11 +187,10 @@ def calibrate_run(config: dict, task: str, originals: int = 40, lookalikes: int 
         c = config["clip"]
         clip = load_clip(c["model"], c.get("pretrained"), device=device, cache_dir=c.get("cache_dir"))
     out = {"task": task, "dedup": dedup, "originals": int(len(pick)), "kinds": list(COPY_KINDS)}
-    stores = {"retrieved": stage_settings(config, "retrieval", task)["download"],
-              "synthetic": stage_settings(config, "synthetic", task)}
-    for arm in [s for s in ("retrieved", "synthetic") if s in config["sources"]]:
-        manifest = root_path / f"results/curated/{task}/{arm}/manifest.parquet"
+    for arm in sources_of(config):
+        manifest = root_path / f"results/curated/{task}/{arm.name}/manifest.parquet"
         look = _arm_images(str(manifest), lookalikes, np.random.default_rng(seed + 1), root_path)
-        out[arm] = calibrate(clip, dedup, eval_paths, [position[p] for p in paths], copies, look,
-                             arm_storage(arm, stores[arm]), curate.get("batch_size", 256), device)
+        store = arm.storage(arm.storage_settings(config, task))
+        out[arm.name] = calibrate(clip, dedup, eval_paths, [position[p] for p in paths], copies, look, store,
+                                  curate.get("batch_size", 256), device)
     return out

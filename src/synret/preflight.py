@@ -20,6 +20,7 @@ from typing import Any
 
 from .caption_files import download_hint
 from .config import HUB_ID, canonical, isc_weights_of, stage_settings, task_definition
+from .sources import sources_of
 from .tasks import DOWNLOAD_HINTS, FORMATS, required_paths
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -318,21 +319,8 @@ def preflight_spec(config: dict) -> dict:
         "clip": {k: config["clip"].get(k) for k in ("model", "pretrained", "cache_dir")},
         "datasets": {t: task_definition(config, t)["dataset"] for t in tasks},
     }
-    if "synthetic" in config["sources"]:
-        spec["generator"] = {k: config["generator"].get(k) for k in ("model", "cache_dir")}
-        llms = [stage_settings(config, "prompts", t).get("llm") or {} for t in tasks]  # captioning LLMs, if any
-        spec["llms"] = sorted({(m["model"], m.get("cache_dir")) for m in llms if m.get("model")}, key=str)
-        spec["llms"] = [{"model": m, "cache_dir": c} for m, c in spec["llms"]]
-        spec["caption_files"] = caption_file_spec(config)
-    if "retrieved" in config["sources"]:
-        retrieval = [stage_settings(config, "retrieval", t) for t in tasks]
-        modalities = sorted({m for r in retrieval if r["knn"]["enabled"] for m in r["knn"]["modalities"]})
-        spec["pool"] = {k: config["pool"].get(k) for k in ("metadata", "columns", "knn_index", "knn_service")}
-        spec["retrieval"] = {"substring": any(r["substring"]["enabled"] for r in retrieval),
-                             "knn_modalities": modalities}
-        service = config["pool"].get("knn_service") or {}
-        if modalities and service.get("query", "embedding") == "embedding":  # queries are embedded here
-            spec["knn_model"] = config["pool"].get("knn_model") or config["clip"]["model"]
+    for source in sources_of(config):  # each source's models, pool and index
+        spec.update(source.preflight(config))
     weights = {isc_weights_of(config, t) for t in tasks} - {None}  # the ISC dedup descriptor's, where used
     if weights:
         spec["copydetect"] = [{"key": "curate.dedup.weights", "path": w} for w in sorted(weights)]

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from .config import produced_by_world, stage_settings
+from .sources import source
 from .split_sizes import split_sizes
 
 # fixed host memory of a job that holds a model (weights, optimizer state, framework), MB
@@ -301,8 +302,7 @@ def _curate(config, wildcards, job):
     work = curate_work(config, task, job.threads, candidates)
     if candidates is None:
         candidates = stage_settings(config, "prompts", task)["images"]
-    shard = (stage_settings(config, "synthetic", task)["shard_size"] if wildcards.get("source") == "synthetic"
-             else stage_settings(config, "retrieval", task)["download"]["shard_size"])
+    shard = source(wildcards["source"]).shard_size(config, task)
     descriptor = s["dedup"].get("descriptor")
     dim = {"isc": 256, "clip": 0}.get(descriptor, 3 * s["dedup"].get("pixel_size", 16) ** 2)
     # the candidate rows; their embeddings and descriptors (NaN-filled arrays, then per-shard pieces); one
