@@ -136,8 +136,7 @@ class TermMatcher:
         term_index = {t: i for i, t in enumerate(self.term_ids)}
         cells = [(term_index[t], i) for i, a in enumerate(self.alternatives)
                  if all(t in term_index for t in a.terms) for t in set(a.terms)]
-        self.need = sparse.csr_matrix((np.ones(len(cells), np.int32), ([c[0] for c in cells], [c[1] for c in cells])),
-                                      shape=(len(term_index), len(self.alternatives)))
+        self.need = _needs_matrix(cells, (len(term_index), len(self.alternatives)))
         self.need_size = np.array([len(set(a.terms)) if all(t in term_index for t in a.terms) else -1
                                    for a in self.alternatives], dtype=np.int64)
         # per term length up to exact_len: the terms' integer keys, sorted, and their term indices
@@ -160,7 +159,6 @@ class TermMatcher:
         } & self.by_term.keys()
         candidates = {i for term in present for i in self.by_term[term]}
         return [i for i in sorted(candidates) if all(t in present for t in self.alternatives[i].terms)]
-
 
     def _key(self, ids) -> int:
         key = 0
@@ -244,16 +242,26 @@ class TermMatcher:
             slow[np.unique(parent[np.isin(ids, self.long_first_words)])] = True
         if not pairs_rows:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        rows_t = np.concatenate(pairs_rows)
-        terms_t = np.concatenate(pairs_terms)
-        present = sparse.csr_matrix((np.ones(len(rows_t), np.int32), (rows_t, terms_t)),
-                                    shape=(n, len(self.term_ids)))
-        present.data[:] = 1  # a term present twice counts once
-        counts = (present @ self.need).tocoo()
-        match = counts.data == self.need_size[counts.col]
-        r, a = counts.row[match], counts.col[match]
+        r, a = _all_needed(np.concatenate(pairs_rows), np.concatenate(pairs_terms), n, self.need, self.need_size)
         fast = ~slow[r]
         return r[fast], a[fast]
+
+
+def _needs_matrix(cells: list[tuple[int, int]], shape: tuple[int, int]) -> sparse.csr_matrix:
+    """items x alternatives: 1 where an alternative needs an item (a term, an anchor word)."""
+    return sparse.csr_matrix((np.ones(len(cells), np.int32), ([c[0] for c in cells], [c[1] for c in cells])),
+                             shape=shape)
+
+
+def _all_needed(rows: np.ndarray, items: np.ndarray, n_rows: int, need: sparse.csr_matrix,
+                need_size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, alternative) where a row holds every item the alternative needs, given (row, item) presences
+    (an item present twice counts once); ``need_size``: how many items each needs, -1 for never."""
+    present = sparse.csr_matrix((np.ones(len(rows), np.int32), (rows, items)), shape=(n_rows, need.shape[0]))
+    present.data[:] = 1
+    counts = (present @ need).tocoo()
+    match = counts.data == need_size[counts.col]
+    return counts.row[match].astype(np.int64), counts.col[match].astype(np.int64)
 
 
 def _holds(toks: list[bytes], terms: list[list[bytes]]) -> bool:
@@ -278,8 +286,7 @@ def _sample(captions: pa.Array, is_ascii: np.ndarray, size: int = 2000) -> list[
     return captions.take(pa.array(rows)).to_pylist()
 
 
-_ALNUM = np.zeros(256, dtype=bool)
-_ALNUM[np.frombuffer(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", np.uint8)] = True
+_ALNUM = np.frombuffer(_ASCII_WORDS, np.uint8) != 32  # ASCII letters and digits, by byte
 
 
 class _AnchorScan:
@@ -322,8 +329,7 @@ class _AnchorScan:
         self.words = list(word_id)
         self.terms = [[[w.encode() for w in term] for term in alt.terms] for alt in matcher.alternatives]
         self.lengths = np.array([len(w) for w in self.words], dtype=np.int64)
-        self.need = sparse.csr_matrix((np.ones(len(cells), np.int32), ([c[0] for c in cells], [c[1] for c in cells])),
-                                      shape=(len(self.words), n))
+        self.need = _needs_matrix(cells, (len(self.words), n))
         self.database = hyperscan.Database()
         self.database.compile(expressions=[w.encode() for w in self.words], ids=list(range(len(self.words))),
                               elements=len(self.words), flags=[hyperscan.HS_FLAG_CASELESS] * len(self.words),
@@ -369,12 +375,7 @@ class _AnchorScan:
         ok = (ends <= last) & is_ascii[row]
         ok &= (starts == first) | ~_ALNUM[raw[np.maximum(starts - 1, 0)]]
         ok &= (ends == last) | ~_ALNUM[raw[np.minimum(ends, len(raw) - 1)]]
-        present = sparse.csr_matrix((np.ones(int(ok.sum()), np.int32), (row[ok], words[ok])),
-                                    shape=(n, len(self.words)))
-        present.data[:] = 1  # a word present twice counts once
-        counts = (present @ self.need).tocoo()
-        match = counts.data == self.need_size[counts.col]
-        rows, alts = counts.row[match].astype(np.int64), counts.col[match].astype(np.int64)
+        rows, alts = _all_needed(row[ok], words[ok], n, self.need, self.need_size)
         return rows, alts, self.settles[alts]
 
 
