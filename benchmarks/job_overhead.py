@@ -45,13 +45,9 @@ from synret.workflow import run_job
 kind, model, ready_file, served = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 
 
-class Resources(dict):
-    pass
-
-
 class Job:
     rule, threads, log = f"bench_{kind}", 1, []
-    resources, params = Resources(_cores=2), type("Params", (), {})()
+    resources, params = {"_cores": 2}, type("Params", (), {})()
 
 
 def main(smk, log):

@@ -37,13 +37,11 @@ sys.path.insert(0, str(REPO / "tests"))
 TARGET_SECONDS = 2.0
 
 
-def snakemake(workdir: Path, *args: str, snakefile: Path | None = None) -> tuple[float, float, str]:
+def snakemake(workdir: Path, *args: str) -> tuple[float, float, str]:
     """Wall and CPU seconds of one snakemake run, and its output."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     cmd = [sys.executable, "-m", "snakemake", "--directory", str(workdir), *args]
-    if snakefile:
-        cmd[3:3] = ["-s", str(snakefile)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

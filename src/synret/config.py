@@ -151,7 +151,8 @@ def serve_settings(config: dict) -> dict | None:
 
 
 def path_errors(config: dict) -> list[str]:
-    """Local files and folders the config names that neither exist nor will be made by the world rules."""
+    """Local files and folders the config names that neither exist nor will be made by the world rules, and
+    what each source the config runs needs (``Source.config_problems``: its models, pool, index, methods)."""
     problems = []
 
     def need(key: str, path: str | None, kind: str = "path") -> None:
