@@ -35,7 +35,17 @@ from synret.config import (
     stage_settings,
     task_definition,
 )
-from synret.sources import SOURCES as SOURCE_DEFINITIONS, source
+from synret.sources import (
+    aggregate_grid,
+    cell_sources,
+    curated_sources_of,
+    generator_settings,
+    grid,
+    random_sources_of,
+    sampling_settings,
+    source,
+    synthetic_sources_of,
+)
 
 try:
     check_config(config, os.path.join(workflow.basedir, "config.schema.yaml"))
@@ -45,6 +55,8 @@ except ConfigError as e:
 
 TASKS = config["tasks"]
 SOURCES = config["sources"]
+CELL_SOURCES = cell_sources(config)  # each name in the results (a mixed source's ratios each) -> its source
+CURATED = [s.name for s in curated_sources_of(config)]  # sources whose curated manifests the grid reads
 SCALES = config["scales"]
 SEEDS = config["seeds"]
 WORLD = config["world"]
@@ -63,7 +75,8 @@ def one_of(names):
 
 wildcard_constraints:
     task=one_of(TASKS),
-    source=one_of(SOURCE_DEFINITIONS),
+    source=one_of(sorted({*CELL_SOURCES, *CURATED})),
+    size=r"n\d+|k\d+|kall",
     scale=r"\d+",
     seed=r"\d+",
     shard=r"\d{5}",
@@ -160,7 +173,36 @@ def shard_size_of(wildcards):
 
 def source_images(wildcards):
     """What a source of a task consists of: its images and the manifests that list them (synret.sources)."""
-    return source(wildcards.source).images(config, wildcards.task)
+    return source(wildcards.source, config).images(config, wildcards.task)
+
+
+def generator_of(wildcards):
+    """The generator block of the job's synthetic source (synret.sources.generator_settings)."""
+    return canonical(generator_settings(source(wildcards.generator, config), config))
+
+
+def curated_names(curation):
+    return one_of([name for name in CURATED if source(name, config).curation == curation])
+
+
+def source_kind(wildcards):
+    src = source(wildcards.source, config)
+    return {"name": src.name, "kind": src.kind}
+
+
+def cell_inputs(wildcards):
+    """A cell's inputs: the images of every source it draws on and their curated manifests."""
+    names = CELL_SOURCES[wildcards.source].curated_sources(config)
+    shards = []
+    for name in names:
+        value = source(name, config).images(config, wildcards.task)["shards"]
+        shards += [value] if isinstance(value, str) else value
+    return {"shards": shards, "curated": [f"results/curated/{wildcards.task}/{name}/manifest.parquet" for name in names]}
+
+
+def cell_selection(wildcards):
+    """How the cell picks its training images (synret.curate.select_training)."""
+    return canonical(CELL_SOURCES[wildcards.source].selection(config, wildcards.source, wildcards.size))
 
 
 def retrieval_hit_inputs(wildcards):
@@ -191,18 +233,13 @@ def serve_input():
 
 
 def grid_cells():
-    """Every (task, source, scale, seed) of the grid, then each task's zero-shot cell."""
-    return expected_cells(TASKS, SOURCES, SCALES, SEEDS)
+    """Every cell of the grid (synret.sources.grid): each source's, then each task's zero-shot cell."""
+    return grid(config)
 
 
 def cell_files(name):
     """A file of every cell of the grid (metrics.json, predictions.parquet), in grid_cells() order."""
-    return [
-        f"results/cells/{task}/zeroshot/{name}"
-        if source == "zeroshot"
-        else f"results/cells/{task}/{source}/n{scale}/seed{seed}/{name}"
-        for task, source, scale, seed in grid_cells()
-    ]
+    return [f"results/cells/{cell.id}/{name}" for cell in grid_cells()]
 
 
 def caption_files(wildcards):

@@ -1,8 +1,12 @@
 # Curate each source of each task: CLIP-score filtering per class and dedup against the task's
-# evaluation images (both arms alike), with a per-image manifest of what was kept and why not.
+# evaluation images (every source alike), with a per-image manifest of what was kept and why not.
+# The real source (the task's own training images) is kept as it is; a mixed source has no curated
+# set of its own (its cells draw on the two it mixes).
 
 
 rule curate:
+    wildcard_constraints:
+        source=curated_names("clip"),
     input:
         unpack(source_images),
         task="results/tasks/{task}/task.json",
@@ -21,6 +25,7 @@ rule curate:
     params:
         curate=curate_params,
         clip=clip_params(),
+        source=source_kind,
     threads: lambda wc: curate_threads(config, wc.task)  # 1 + curate.num_workers (data-loader workers)
     resources:
         gpu=1,
@@ -30,3 +35,22 @@ rule curate:
         "../envs/synret.yaml"
     script:
         "../workflow_scripts/curate.py"
+
+
+rule curate_real:
+    wildcard_constraints:
+        source=curated_names("all"),
+    input:
+        task="results/tasks/{task}/task.json",
+        train="results/tasks/{task}/train.parquet",
+    output:
+        manifest="results/curated/{task}/{source}/manifest.parquet",
+        summary="results/curated/{task}/{source}/summary.json",
+    log:
+        "logs/curate/{task}/{source}.log",
+    params:
+        source=source_kind,
+    conda:
+        "../envs/synret.yaml"
+    script:
+        "../workflow_scripts/curate_real.py"

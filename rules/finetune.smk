@@ -1,4 +1,5 @@
-# One job per cell of the grid: finetune on the cell's nested subset of a curated source, then
+# One job per cell of the grid: finetune on the cell's training images (a nested subset of a curated
+# source; k per class of the real source; a mix of two sources at a fixed total), then
 # evaluate on the task's val and test splits. Zero-shot cells evaluate the untouched model. With
 # evaluate.linear_probe set, a linear probe trained on the task's own train split measures the tower too.
 # Images are read in data-loader workers: the threads a job gets beyond those it computes on.
@@ -6,8 +7,7 @@
 
 rule finetune:
     input:
-        unpack(source_images),
-        curated="results/curated/{task}/{source}/manifest.parquet",
+        unpack(cell_inputs),  # the images and curated manifests of the sources the cell draws on
         task="results/tasks/{task}/task.json",
         val="results/tasks/{task}/val.parquet",
         test="results/tasks/{task}/test.parquet",
@@ -16,15 +16,16 @@ rule finetune:
         ),
         model=clip_model_input(),
     output:
-        metrics="results/cells/{task}/{source}/n{scale}/seed{seed}/metrics.json",
-        predictions="results/cells/{task}/{source}/n{scale}/seed{seed}/predictions.parquet",
-        train_manifest="results/cells/{task}/{source}/n{scale}/seed{seed}/train_manifest.parquet",
+        metrics="results/cells/{task}/{source}/{size}/seed{seed}/metrics.json",
+        predictions="results/cells/{task}/{source}/{size}/seed{seed}/predictions.parquet",
+        train_manifest="results/cells/{task}/{source}/{size}/seed{seed}/train_manifest.parquet",
     log:
-        "logs/cells/{task}/{source}/n{scale}/seed{seed}.log",
+        "logs/cells/{task}/{source}/{size}/seed{seed}.log",
     benchmark:
-        "results/benchmarks/cells/{task}/{source}/n{scale}/seed{seed}.tsv"
+        "results/benchmarks/cells/{task}/{source}/{size}/seed{seed}.tsv"
     params:
         finetune=settings_of("finetune"),
+        selection=cell_selection,
         evaluate=settings_of("evaluate"),
         clip=clip_params(),
         compute_threads=lambda wc: settings_of("finetune")(wc)["threads"],

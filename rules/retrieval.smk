@@ -1,9 +1,10 @@
-# Retrieved arm: CLIP kNN search (text-to-image and text-to-text) over a faiss index in
+# Retrieved source (and the random source's pool sample): CLIP kNN search (text-to-image and text-to-text) over a faiss index in
 # clip-retrieval's layout, caption matching over the pool's metadata parts (one job per part), the
 # union of the hits without NSFW rows, and the download of their URLs with img2dataset. With
 # pool.knn_service set, the kNN searches go to a running `clip-retrieval back` instead of a local index.
 
 from synret.knn_client import knn_settings
+from synret.sources import random_settings
 
 
 rule knn_query:
@@ -68,17 +69,20 @@ rule retrieval_candidates:
 
 
 rule fetch_retrieved:
+    # the retrieved source's candidates (results/retrieval/) and each random source's (results/<source>/)
+    wildcard_constraints:
+        fetched=one_of(["retrieval", *(s.name for s in random_sources_of(config))]),
     input:
-        candidates="results/retrieval/{task}/candidates.parquet",
+        candidates="results/{fetched}/{task}/candidates.parquet",
         served=serve_input(),
     output:
-        download=directory("results/retrieval/{task}/download"),
-        manifest="results/retrieval/{task}/download_manifest.parquet",
-        counts="results/retrieval/{task}/download.json",
+        download=directory("results/{fetched}/{task}/download"),
+        manifest="results/{fetched}/{task}/download_manifest.parquet",
+        counts="results/{fetched}/{task}/download.json",
     log:
-        "logs/retrieval/{task}/fetch.log",
+        "logs/{fetched}/{task}/fetch.log",
     benchmark:
-        "results/benchmarks/retrieval/{task}/fetch.tsv"
+        "results/benchmarks/{fetched}/{task}/fetch.tsv"
     params:
         download=retrieval_setting("download"),
         serve=serve_settings(config),
@@ -91,3 +95,24 @@ rule fetch_retrieved:
         "../envs/synret.yaml"
     script:
         "../workflow_scripts/fetch_retrieved.py"
+
+
+rule random_sample:
+    # a random source: an untargeted sample of the pool, labelled later by the task's zero-shot CLIP
+    wildcard_constraints:
+        sampled=one_of([s.name for s in random_sources_of(config)]),
+    input:
+        parts=pool_parts(),
+    output:
+        candidates="results/{sampled}/{task}/candidates.parquet",
+        counts="results/{sampled}/{task}/candidates.json",
+    log:
+        "logs/{sampled}/{task}/sample.log",
+    params:
+        sample=lambda wc: canonical(random_settings(source(wc.sampled, config), config)),
+        columns=pool_columns(config),
+        drop_nsfw=retrieval_setting("drop_nsfw"),
+    conda:
+        "../envs/synret.yaml"
+    script:
+        "../workflow_scripts/random_sample.py"

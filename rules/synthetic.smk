@@ -1,21 +1,24 @@
-# Synthetic arm: each job turns one shard of a task's prompts into a webdataset shard with the
-# diffusers pipeline (GPU when there is one).
+# Synthetic sources: each job turns one shard of a task's prompts into a webdataset shard with a
+# diffusers pipeline (GPU when there is one). Every synthetic source (a second generator, other
+# sampling settings: source_settings) writes its own shards under results/<source>/.
 
 
 rule synthesize_shard:
+    wildcard_constraints:
+        generator=one_of([s.name for s in synthetic_sources_of(config)]),
     input:
         prompts="results/prompts/{task}/generator.parquet",
-        model=local_input(config["generator"]["model"]),
+        model=lambda wc: local_input(generator_of(wc)["model"]),
     output:
-        shard="results/synthetic/{task}/shard-{shard}.tar",
-        manifest="results/synthetic/{task}/shard-{shard}.parquet",
+        shard="results/{generator}/{task}/shard-{shard}.tar",
+        manifest="results/{generator}/{task}/shard-{shard}.parquet",
     log:
-        "logs/synthetic/{task}/shard-{shard}.log",
+        "logs/{generator}/{task}/shard-{shard}.log",
     benchmark:
-        "results/benchmarks/synthetic/{task}/shard-{shard}.tsv"
+        "results/benchmarks/{generator}/{task}/shard-{shard}.tsv"
     params:
-        model=canonical(config["generator"]),
-        sampling=settings_of("synthetic"),
+        model=generator_of,
+        sampling=lambda wc: canonical(sampling_settings(source(wc.generator, config), config, wc.task)),
     threads: 2
     resources:
         gpu=1,

@@ -56,7 +56,9 @@ if WORLD:
             metadata=rules.world_data.output.metadata,
             clip=rules.world_clip.output,
         output:
-            directory("results/world/generator"),
+            generator=directory("results/world/generator"),
+            # earlier states of its training (world.generator.snapshots), e.g. a less trained second generator
+            snapshots=[directory(f"results/world/generator_{name}") for name in sorted(WORLD["generator"].get("snapshots") or {})],
         log:
             "logs/world/generator.log",
         benchmark:

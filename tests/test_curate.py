@@ -219,3 +219,21 @@ def test_filter_first_dedups_among_the_kept(curation_inputs, tiny_clip_dir):
     assert summary["planted_copies"] == 0
     with pytest.raises(ValueError, match="'curate.order'"):
         curate(rows, task, clip, evals, {**CFG, "order": "whenever"}, log=lambda m: None)
+
+
+def test_unlabelled_images_take_the_task_s_zero_shot_class(curation_inputs, tiny_clip_dir):
+    """The random source's candidates carry label -1: curation gives each its zero-shot class, then
+    filters and dedups them like any labelled source; a failed download stays unlabelled and dropped."""
+    rows, task, evals = curation_inputs
+    clip = load_clip(f"local-dir:{tiny_clip_dir}")
+    labelled, _ = curate(rows, task, clip, evals, CFG, log=lambda m: None)
+    unlabelled = rows.assign(label=-1)
+    unlabelled.loc[len(unlabelled)] = {**unlabelled.iloc[0].to_dict(), "key": "failed", "status": "failed_to_download"}
+    table, summary = curate(unlabelled, task, clip, evals, CFG, log=lambda m: None)
+    df, ref = table.to_pandas().set_index("key"), labelled.to_pandas().set_index("key")
+    assert (df.loc[ref.index, "label"] == ref["zeroshot_label"].astype(int)).all()
+    assert (df.loc[ref.index, "zeroshot_label"] == df.loc[ref.index, "label"]).all()
+    assert summary["label_fidelity"] == 1.0
+    assert df.loc["failed", "label"] == -1 and df.loc["failed", "drop_reason"] == "download_failed"
+    assert df.loc["copy", "drop_reason"] == "near_duplicate_of_eval"
+    assert summary["kept"] > 0 and sum(summary["kept_per_class"]) == summary["kept"]

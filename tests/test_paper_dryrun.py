@@ -103,7 +103,7 @@ def test_paper_names_match_their_sources(paper):
 
 def test_preflight_spec_names_everything_the_grid_needs(paper):
     spec = preflight_spec(paper)
-    assert spec["generator"]["model"] == paper["generator"]["model"]
+    assert spec["generators"]["synthetic"]["model"] == paper["generator"]["model"]
     assert sorted(spec["datasets"]) == sorted(paper["tasks"])
     assert spec["retrieval"] == {"knn_modalities": ["image", "text"], "substring": True}
     assert spec["knn_model"] == paper["pool"]["knn_model"]
@@ -266,7 +266,7 @@ def expected_seconds(paper: dict, job: dict) -> float:
     work += (fit + sizes["test"]) / rate(infer, r.DECODE_PER_CORE["photo"], workers)
     work += probe["epochs"] * -(-fit // probe["batch_size"]) * r.SECONDS_PER_PROBE_STEP
     if rule == "finetune":
-        work += ft["epochs"] * int(wc["scale"]) / rate(r.GPU_IMAGES_PER_S["train", amp], r.DECODE_PER_CORE["small"],
+        work += ft["epochs"] * int(wc["size"][1:]) / rate(r.GPU_IMAGES_PER_S["train", amp], r.DECODE_PER_CORE["small"],
                                                        ft["num_workers"])
     return r.START_SECONDS + r.SAFETY * work
 
@@ -304,3 +304,27 @@ def test_every_jobs_walltime_covers_its_work(paper, tmp_path):
             assert int(runtime) * 60 >= need, (job, need)
             checked[job["rule"]] = checked.get(job["rule"], 0) + 1
     assert checked == {"finetune": 30, "zeroshot": 5, "curate": 10, "synthesize_shard": 250}
+
+
+def test_dry_run_plans_every_source(paper, tmp_path):
+    """The sources beyond the paper's two, as paper.yaml's comment lists them, plan on the paper's grid."""
+    every = ["synthetic", "sd21", "retrieved", "mixed", "real", "random"]
+    stand_ins(tmp_path, paper)
+    (tmp_path / "sources.yaml").write_text(yaml.safe_dump({"sources": every}))
+    proc = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "configs" / "paper.yaml"), str(tmp_path / "sources.yaml"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stats = job_stats(proc.stdout)
+    tasks, scales, seeds = paper["tasks"], paper["scales"], paper["seeds"]
+    settings = paper["source_settings"]
+    per_task = (4 * len(scales) * len(seeds)  # synthetic, sd21, retrieved, random
+                + len(settings["mixed"]["ratios"]) * len(settings["mixed"]["scales"]) * len(seeds)
+                + len(settings["real"]["per_class"]) * len(seeds))
+    assert stats["finetune"] == len(tasks) * per_task
+    assert stats["synthesize_shard"] == 2 * 250  # each generator samples every prompt
+    assert stats["random_sample"] == stats["curate_real"] == len(tasks)
+    assert stats["fetch_retrieved"] == 2 * len(tasks)  # the retrieved candidates and the random sample
+    assert stats["curate"] == 4 * len(tasks)  # mixed has no curated set of its own, real is kept as it is
+    for cell in ("imagenet/sd21/n1000/seed42", "dtd/mixed-25/n10000/seed42", "flowers102/real/kall/seed42",
+                 "stanford_cars/random/n100000/seed42"):
+        assert f"results/cells/{cell}/metrics.json" in proc.stdout
+    assert "results/sd21/imagenet/shard-00000.tar" in proc.stdout

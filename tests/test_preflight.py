@@ -97,7 +97,7 @@ def complete(tmp_path, tiny_clip_dir) -> dict:
     knn_folder(tmp_path / "index")
     return {
         "clip": {"model": f"local-dir:{tiny_clip_dir}", "pretrained": None, "cache_dir": None},
-        "generator": {"model": str(generator_dir(tmp_path / "sd")), "cache_dir": None},
+        "generators": {"synthetic": {"model": str(generator_dir(tmp_path / "sd")), "cache_dir": None}},
         "datasets": {"dtd": {"format": "dtd", "root": str(tmp_path / "datasets")},
                      "aircraft": {"format": "fgvc_aircraft", "root": str(tmp_path / "datasets")},
                      "cars": {**CARS, "root": str(tmp_path / "datasets")}},
@@ -110,7 +110,7 @@ def complete(tmp_path, tiny_clip_dir) -> dict:
 
 def test_everything_present_passes(complete):
     summary = run_preflight(complete)
-    assert summary["checked"] == ["clip", "generator", "knn_model", "pool", "dataset:aircraft", "dataset:cars",
+    assert summary["checked"] == ["clip", "generators", "knn_model", "pool", "dataset:aircraft", "dataset:cars",
                                   "dataset:dtd"]
     assert summary["hub_offline"] is True
 
@@ -118,7 +118,7 @@ def test_everything_present_passes(complete):
 def test_every_missing_thing_is_listed_in_one_message(complete, tmp_path):
     spec = {**complete,
             "clip": {"model": "local-dir:/no/clip", "pretrained": None, "cache_dir": None},
-            "generator": {"model": str(tmp_path / "no_sd"), "cache_dir": None},
+            "generators": {"synthetic": {"model": str(tmp_path / "no_sd"), "cache_dir": None}},
             "datasets": {"dtd": {"format": "dtd", "root": str(tmp_path / "empty")},
                          "flowers": {"format": "flowers102", "root": str(tmp_path / "empty")}},
             "pool": {**complete["pool"], "metadata": str(tmp_path / "nopool" / "*.parquet"),
@@ -159,7 +159,7 @@ def test_index_lacking_a_modality(complete, tmp_path):
 def test_no_pool_check_without_the_retrieved_source(complete):
     spec = {k: v for k, v in complete.items() if k not in ("pool", "retrieval", "knn_model")}
     spec["datasets"] = {}
-    assert run_preflight(spec)["checked"] == ["clip", "generator"]
+    assert run_preflight(spec)["checked"] == ["clip", "generators"]
 
 
 def test_missing_caption_files_are_named_with_their_download_url(complete, tmp_path):
@@ -241,7 +241,7 @@ def test_preflight_rule_fails_once_with_the_list(tmp_path):
     for d in ("datasets", "pool/metadata", "index"):
         (tmp_path / d).mkdir(parents=True)
     (tmp_path / "pool" / "metadata" / "part-00000.parquet").write_bytes(b"not parquet")
-    overlay = {"world": None, "tasks": ["dtd"], "pool": {"metadata": "pool/metadata/*.parquet", "knn_index": "index",
+    overlay = {"world": None, "tasks": ["dtd"], "sources": ["synthetic", "retrieved"], "pool": {"metadata": "pool/metadata/*.parquet", "knn_index": "index",
                                                          "serve": None, "knn_model": None},
                "clip": {"model": "ViT-B-16", "pretrained": "laion2b_s34b_b88k", "cache_dir": "hf"},
                "generator": {"model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "cache_dir": "hf"},

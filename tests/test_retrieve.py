@@ -183,3 +183,31 @@ def test_planted_from_is_carried_to_the_candidates():
     table, _ = merge_candidates(knn, substring, ["NSFW"])
     assert dict(zip(table.column("id").to_pylist(), table.column("planted_from").to_pylist())) == {
         "7": "shapes/test/circle/000.png", "8": None}
+
+
+def test_a_random_pool_sample_is_seeded_nested_and_blind_to_the_parts(tmp_path):
+    import pyarrow.parquet as pq
+
+    from synret.retrieve import random_pool_sample
+
+    n = 500
+    table = pa.table({"SAMPLE_ID": [str(i) for i in range(n)], "URL": [f"http://h/{i}.png" for i in range(n)],
+                      "TEXT": [f"caption {i}" for i in range(n)], "NSFW": ["NSFW" if i % 10 == 0 else "UNLIKELY" for i in range(n)]})
+    columns = {"id": "SAMPLE_ID", "url": "URL", "caption": "TEXT", "nsfw": "NSFW"}
+    one = tmp_path / "one.parquet"
+    pq.write_table(table, one)
+    parts = []
+    for i, start in enumerate(range(0, n, 130)):  # the same rows in other parts, another order
+        parts.append(tmp_path / f"part-{i}.parquet")
+        pq.write_table(table.slice(start, 130).take(pa.array(list(range(min(130, n - start)))[::-1])), parts[-1])
+    small, counts = random_pool_sample([str(one)], columns, 40, seed=0, drop_nsfw=["NSFW"], batch_rows=64)
+    again, _ = random_pool_sample([str(p) for p in reversed(parts)], columns, 40, seed=0, drop_nsfw=["NSFW"])
+    large, _ = random_pool_sample([str(one)], columns, 120, seed=0, drop_nsfw=["NSFW"])
+    other, _ = random_pool_sample([str(one)], columns, 40, seed=1, drop_nsfw=["NSFW"])
+    ids = set(small.column("id").to_pylist())
+    assert small.num_rows == 40 and ids == set(again.column("id").to_pylist())
+    assert ids <= set(large.column("id").to_pylist()) and ids != set(other.column("id").to_pylist())
+    assert not any(int(i) % 10 == 0 for i in large.column("id").to_pylist())  # NSFW rows are never drawn
+    assert set(small.column("label").to_pylist()) == {-1} and counts["nsfw_dropped"] == 50
+    spread = sorted(int(i) for i in large.column("id").to_pylist())
+    assert spread[0] < 50 and spread[-1] > 450  # drawn from all over the pool, not its first rows

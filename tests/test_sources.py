@@ -14,7 +14,8 @@ import yaml
 from PIL import Image
 
 from synret import sources
-from synret.config import ConfigError, check_config, expected_cells
+from synret.config import ConfigError, check_config
+from synret.curate import per_class_subset, select_training
 from synret.leakage import arm_storage
 from synret.preflight import preflight_spec
 from synret.resources import estimate
@@ -42,11 +43,13 @@ def sixth(monkeypatch):
 def test_the_default_sources_are_defined(config):
     assert [s.name for s in sources.sources_of(config)] == config["sources"]
     for s in sources.SOURCES.values():
-        assert s.stage in ("synthetic", "retrieval") and s.label and s.color.startswith("#")
+        assert s.stage in ("synthetic", "retrieval", "random", "tasks", "finetune") and s.label and s.color.startswith("#")
+    check_config(config, SCHEMA)  # the default grid runs every kind
 
 
 def test_an_unknown_source_is_a_config_error_naming_the_known_ones(config):
-    with pytest.raises(ConfigError, match=r"unknown source 'generated'; known sources: synthetic, retrieved"):
+    with pytest.raises(ConfigError, match=r"unknown source 'generated'; known sources: synthetic, retrieved, mixed, "
+                                          r"real, random"):
         sources.source("generated")
     config["sources"] = ["synthetic", "generated", "mixd"]
     with pytest.raises(ConfigError) as info:
@@ -80,12 +83,12 @@ def test_a_sixth_source_is_one_definition(config, sixth):
     names its images, sizes its jobs and stores planted copies, with no other change."""
     config["sources"] = ["synthetic", "retrieved_again"]
     check_config(config, SCHEMA)
-    cells = expected_cells(config["tasks"], config["sources"], config["scales"], config["seeds"])
-    assert ("shapes", "retrieved_again", config["scales"][0], config["seeds"][0]) in cells
+    cells = [cell.id for cell in sources.grid(config)]
+    assert f"shapes/retrieved_again/n{config['scales'][0]}/seed{config['seeds'][0]}" in cells
     assert sources.source("retrieved_again").images(config, "shapes")["shards"] == "results/retrieval/shapes/download"
     assert sources.source_style("retrieved_again") == {"color": "#2ca02c", "marker": "^", "label": "retrieved again"}
     spec = preflight_spec({**config, "world": None})
-    assert "pool" in spec and "generator" in spec
+    assert "pool" in spec and list(spec["generators"]) == ["synthetic"]
     wildcards = {"task": "shapes", "source": "retrieved_again", "scale": "100", "seed": "0"}
     assert estimate("curate", config, wildcards)["mem_mb"] > 0
     stored = arm_storage("retrieved_again", sixth.storage_settings(config, "shapes"))(
@@ -103,3 +106,95 @@ def test_a_source_s_config_needs_are_checked_only_when_it_runs(config):
         check_config(config, SCHEMA)
     config["sources"] = ["synthetic"]
     check_config(config, SCHEMA)
+
+
+def test_the_default_grid_has_every_kind_of_cell(config):
+    """Each source adds its own cells: scales for most, k per class for real, one source per mix share."""
+    ids = {cell.id for cell in sources.grid(config)}
+    assert "shapes/synthetic_early/n50/seed2" in ids and "shapes/random/n200/seed0" in ids
+    assert {f"shapes/real/k{k}/seed0" for k in (1, 2, 4, "all")} <= ids
+    assert {f"shapes/mixed-{p}/n200/seed1" for p in (25, 50, 75)} <= ids and "shapes/mixed-25/n50/seed0" not in ids
+    assert "shapes/zeroshot" in ids and len(ids) == len(sources.grid(config))
+    assert list(sources.cell_sources(config)) == ["synthetic", "synthetic_early", "retrieved", "mixed-25", "mixed-50",
+                                                  "mixed-75", "real", "random"]
+    # the curated sets it needs, and which source each mixes
+    assert [s.name for s in sources.curated_sources_of(config)] == ["synthetic", "synthetic_early", "retrieved",
+                                                                    "real", "random"]
+    mixed = sources.source("mixed", config)
+    assert mixed.curated_sources(config) == ("synthetic", "retrieved")
+    assert mixed.selection(config, "mixed-25", "n200") == {"how": "mix", "ratio": 0.25,
+                                                          "parts": {"synthetic": 150, "retrieved": 50}}
+    assert sources.source("real", config).selection(config, "real", "kall") == {
+        "how": "per_class", "per_class": None, "source": "real"}
+
+
+def test_a_second_generator_is_a_synthetic_source_with_its_own_shards(config):
+    early = sources.source("synthetic_early", config)
+    assert early.kind == "synthetic" and early.label == "synthetic (early generator)"
+    assert early.images(config, "shapes")["shards"][0] == "results/synthetic_early/shapes/shard-00000.tar"
+    assert sources.generator_settings(early, config)["model"] == "results/world/generator_early"
+    assert sources.generator_settings(sources.SYNTHETIC, config)["model"] == config["generator"]["model"]
+    config["source_settings"]["synthetic_early"]["synthetic"] = {"steps": 2, "guidance_scale": 1.5}
+    sampling = sources.sampling_settings(early, config, "shapes")
+    assert (sampling["steps"], sampling["guidance_scale"], sampling["scheduler"]) == (2, 1.5, "ddim")
+    spec = preflight_spec({**config, "world": None})
+    assert set(spec["generators"]) == {"synthetic", "synthetic_early"}
+    config["source_settings"]["synthetic_early"]["generator"]["model"] = "./no/such/generator"
+    with pytest.raises(ConfigError, match=r"source_settings.synthetic_early.generator.model': generator directory"):
+        check_config(config, SCHEMA)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["source_settings"].update(Results={"kind": "synthetic"}), "a source name is lower case"),
+    (lambda c: c["source_settings"].update(cells={"kind": "synthetic"}), "a source name is lower case"),
+    (lambda c: c["source_settings"].update(real={"kind": "random"}), "is a built-in source of kind 'real'"),
+    (lambda c: c["source_settings"].update(again={"kind": "retrieval"}), "source_settings.again.kind"),
+    (lambda c: c["source_settings"]["mixed"].update(of=["synthetic", "nothing"]), "unknown source 'nothing'"),
+    (lambda c: c["source_settings"]["mixed"].update(of=["synthetic", "synthetic"]), "two different sources"),
+    (lambda c: c["source_settings"]["mixed"].update(ratios=[0.5, 1.0]), "source_settings.mixed.ratios"),
+    (lambda c: c["source_settings"]["real"].update(per_class=[0, "all"]), "source_settings.real.per_class"),
+    (lambda c: c["source_settings"]["synthetic_early"].update(synthetic={"shard_size": 10}), "every generator shares"),
+])
+def test_bad_source_settings_are_config_errors_naming_the_key(config, change, message):
+    change(config)
+    with pytest.raises(ConfigError) as info:
+        check_config(config, SCHEMA)
+    assert message in str(info.value) and "Traceback" not in str(info.value)
+
+
+def _curated(prefix: str, n: int, classes: int) -> pd.DataFrame:
+    return pd.DataFrame({"key": [f"{prefix}{i:03d}" for i in range(n)], "label": [i % classes for i in range(n)],
+                         "kept": [i % 7 != 3 for i in range(n)]})
+
+
+def test_mixes_nest_across_totals_and_their_ends_are_the_sources_own_cells():
+    curated = {"synthetic": _curated("s", 300, 5), "retrieved": _curated("r", 300, 5)}
+    mix = lambda total, ratio: select_training(curated, {"how": "mix", "ratio": ratio, "parts": dict(zip(  # noqa: E731
+        ("synthetic", "retrieved"), sources.split_total(total, ratio)))}, seed=1)[0]
+    small, large = mix(100, 0.25), mix(200, 0.25)
+    assert (small["key"].str[0] == "r").sum() == 25 and (large["key"].str[0] == "r").sum() == 50
+    assert set(small["key"]) <= set(large["key"])
+    own = select_training(curated, {"how": "nested", "scale": 200, "source": "synthetic"}, seed=1)[0]
+    assert list(mix(200, 0.0)["key"]) == list(own["key"])
+    assert sources.split_total(30, 0.5) == (15, 15) and sources.ratio_name(0.125) == "12.5"
+
+
+def test_k_per_class_nests_and_all_takes_every_kept_image():
+    curated = _curated("t", 100, 4)
+    one, four = per_class_subset(curated, 1, 0), per_class_subset(curated, 4, 0)
+    assert one.groupby("label").size().tolist() == [1] * 4 and four.groupby("label").size().tolist() == [4] * 4
+    assert set(one["key"]) <= set(four["key"])
+    everything, wanted = select_training({"real": curated}, {"how": "per_class", "per_class": None, "source": "real"}, 0)
+    assert len(everything) == curated["kept"].sum() and wanted is None
+    assert select_training({"real": curated}, {"how": "per_class", "per_class": 4, "source": "real"}, 0)[1] == 16
+
+
+def test_random_and_real_candidates():
+    downloaded = pd.DataFrame({"id": [7, 9], "label": [-1, -1], "url": ["u", "v"], "query": [None, None],
+                               "methods": ["random"] * 2, "shard": ["0", "0"], "key": ["k", "l"], "sha256": ["z", "y"],
+                               "status": ["success"] * 2})
+    rows = sources.RANDOM.candidates(downloaded)
+    assert list(rows["key"]) == ["p7", "p9"] and (rows["label"] == -1).all() and set(rows["source"]) == {"random"}
+    train = pd.DataFrame({"key": ["train/a.png"], "label": [3], "path": ["/data/a.png"]})
+    rows = sources.REAL.candidates(train)
+    assert rows.iloc[0]["member"] == "/data/a.png" and rows.iloc[0]["shard"] is None and rows.iloc[0]["label"] == 3

@@ -158,3 +158,30 @@ def test_bootstrap_config_checks():
         BootstrapConfig(resamples=10)
     with pytest.raises(ValueError, match="aggregate.bootstrap.confidence"):
         BootstrapConfig(confidence=1.0)
+
+
+def test_the_real_curve_read_backwards():
+    from synret.stats import interpolate_curve
+
+    x, y = np.array([1.0, 4.0, 16.0]), np.array([0.2, 0.4, 0.6])
+    assert interpolate_curve(x, y, 0.4) == pytest.approx(4.0)
+    assert interpolate_curve(x, y, 0.3) == pytest.approx(2.0)  # linear in log x: halfway between 1 and 4
+    assert interpolate_curve(x, y, 0.1) == -np.inf and interpolate_curve(x, y, 0.7) == np.inf
+    # a dip in the curve is read as its best so far: more real images never count as worse
+    assert interpolate_curve(x, np.array([0.2, 0.5, 0.45]), 0.48) < 4.0
+
+
+def test_equivalent_real_images_with_an_interval():
+    from synret.stats import equivalent_real
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    curve = [(k, (rng.random((3, n)) < acc)) for k, acc in ((1, 0.3), (4, 0.5), (16, 0.7))]
+    same = curve[1][1].copy()  # a cell exactly as good as 4 real images per class
+    out = equivalent_real(same, curve, BootstrapConfig(resamples=300), "t")
+    assert out["per_class"] == pytest.approx(4.0, rel=0.02)
+    assert out["per_class_lo"] < 4.0 < out["per_class_hi"] and out["per_class_hi"] < 8
+    better = rng.random((3, n)) < 0.9
+    assert equivalent_real(better, curve, BootstrapConfig(resamples=200), "t")["per_class"] == np.inf
+    with pytest.raises(ValueError, match="two or more"):
+        equivalent_real(same, curve[:1], BootstrapConfig(resamples=200))

@@ -22,6 +22,7 @@ import yaml
 from PIL import Image
 
 from smoke_support import REPO, SMOKE, SNAKEMAKE, free_port, snakemake
+from synret import sources
 
 pytestmark = pytest.mark.slow
 
@@ -56,14 +57,30 @@ def test_results_table(smoke_run):
     table = pd.read_csv(workdir / "results" / "tables" / "all.csv")
     for column in ("task", "source", "scale", "seed", "top1", "mean_per_class", "n_train", "wall_seconds"):
         assert column in table.columns
-    n_cells = len(cfg["tasks"]) * len(cfg["sources"]) * len(cfg["scales"]) * len(cfg["seeds"])
-    assert len(table) == n_cells + len(cfg["tasks"])
+    grid = sources.grid(cfg)
+    assert len(table) == len(grid)
+    assert set(zip(table["task"], table["source"], table["size"].fillna(""), table["seed"])) == {
+        (c.task, c.source, c.size, c.seed) for c in grid}
     assert table["top1"].between(0, 1).all() and table["mean_per_class"].between(0, 1).all()
     zero = table[table["source"] == "zeroshot"]
     assert (zero["scale"] == 0).all() and (zero["n_train"] == 0).all() and len(zero) == len(cfg["tasks"])
     cells = table[table["source"] != "zeroshot"]
-    assert set(cells["source"]) == set(cfg["sources"]) and set(cells["scale"]) == set(cfg["scales"])
+    assert set(cells["source"]) == set(sources.cell_sources(cfg))
+    assert set(cells.loc[cells["size"].str.startswith("n"), "scale"]) == set(cfg["scales"])
     assert (cells["n_train"] > 0).all() and (cells["n_train"] <= cells["scale"]).all()
+    # every source trained on its own images: a second generator, the real source k per class, a mix by shares
+    real = cells[cells["source"] == "real"].set_index(["task", "size"])
+    for task in cfg["tasks"]:
+        n_classes = len(json.loads((workdir / f"results/tasks/{task}/task.json").read_text())["classnames"])
+        assert real.loc[(task, "k1"), "n_train"] == n_classes
+        assert real.loc[(task, "kall"), "n_train"] == len(pq.read_table(workdir / f"results/tasks/{task}/train.parquet"))
+        train = pq.read_table(workdir / f"results/cells/{task}/mixed-50/n60/seed0/train_manifest.parquet").to_pandas()
+        assert Counter(train["source"]) == {"synthetic": 30, "retrieved": 30}
+        early = pq.read_table(workdir / f"results/cells/{task}/synthetic_early/n30/seed0/train_manifest.parquet")
+        assert set(early.column("source").to_pylist()) == {"synthetic_early"}
+        random = pq.read_table(workdir / f"results/curated/{task}/random/manifest.parquet").to_pandas()
+        have = random[random["drop_reason"] != "download_failed"]
+        assert (have["label"] == have["zeroshot_label"]).all() and len(have) > 0
     assert (cells["short"] == (cells["n_train"] < cells["scale"])).all()
     assert (table["wall_seconds"] > 0).all()
     assert (table["top1_lo"] <= table["top1"]).all() and (table["top1"] <= table["top1_hi"]).all()
@@ -74,8 +91,9 @@ def test_summary_and_paired_tables(smoke_run):
     cfg = smoke_config()
     table = pd.read_csv(workdir / "results" / "tables" / "all.csv")
     summary = pd.read_csv(workdir / "results" / "tables" / "summary.csv")
-    assert len(summary) == len(cfg["tasks"]) * (len(cfg["sources"]) * len(cfg["scales"]) + 1)
-    assert (summary["seeds"][summary["source"] != "zeroshot"] == len(cfg["seeds"])).all()
+    main = summary[summary["source"].isin(["synthetic", "retrieved"])]
+    assert len(main) == len(cfg["tasks"]) * 2 * len(cfg["scales"]) and (main["seeds"] == len(cfg["seeds"])).all()
+    assert len(summary) == len({(c.task, c.source, c.size) for c in sources.grid(cfg)})
     assert (summary["top1_lo"] <= summary["top1"]).all() and (summary["top1"] <= summary["top1_hi"]).all()
     paired = pd.read_csv(workdir / "results" / "tables" / "paired.csv", dtype={"seed": str})
     pairs = set(zip(paired["a"], paired["b"]))
@@ -93,13 +111,16 @@ def test_sources_table(smoke_run):
     what the world CLIP sees in them."""
     workdir, _ = smoke_run
     cfg = smoke_config()
-    sources = pd.read_csv(workdir / "results" / "tables" / "sources.csv")
-    assert len(sources) == len(cfg["tasks"]) * len(cfg["sources"])
-    assert (sources["kept"] <= sources["candidates"]).all() and (sources["kept"] > 0).all()
+    curated = pd.read_csv(workdir / "results" / "tables" / "sources.csv")
+    assert len(curated) == len(cfg["tasks"]) * 5  # every source with a curated set (a mix has none of its own)
+    assert (curated["kept"] <= curated["candidates"]).all() and (curated["kept"] > 0).all()
+    scored = curated[curated["source"] != "real"]  # the task's own images are kept as they are, unscored
     for column in ("label_fidelity", "label_fidelity_kept"):
-        assert sources[column].between(0, 1).all()
+        assert scored[column].between(0, 1).all()
+    real = curated[curated["source"] == "real"]
+    assert (real["kept"] == real["candidates"]).all()
     zeroshot = pd.read_csv(workdir / "results" / "tables" / "all.csv").query("source == 'zeroshot'")
-    merged = sources.merge(zeroshot[["task", "top1"]], on="task")
+    merged = curated.merge(zeroshot[["task", "top1"]], on="task")
     assert (merged["zeroshot_test_top1"] == merged["top1"]).all()
 
 
@@ -108,9 +129,7 @@ def test_every_cell_keeps_its_per_image_predictions(smoke_run):
     cfg = smoke_config()
     for task in cfg["tasks"]:
         test = pq.read_table(workdir / f"results/tasks/{task}/test.parquet").to_pandas()
-        cells = [workdir / f"results/cells/{task}/zeroshot"] + [
-            workdir / f"results/cells/{task}/{source}/n{scale}/seed{seed}"
-            for source in cfg["sources"] for scale in cfg["scales"] for seed in cfg["seeds"]]
+        cells = [workdir / "results/cells" / cell.id for cell in sources.grid(cfg) if cell.task == task]
         for cell in cells:
             pred = pq.read_table(cell / "predictions.parquet").to_pandas()
             metrics = json.loads((cell / "metrics.json").read_text())
@@ -125,7 +144,8 @@ def test_every_cell_keeps_its_per_image_predictions(smoke_run):
 def test_plots_are_png(smoke_run):
     workdir, _ = smoke_run
     plots = sorted((workdir / "results" / "plots").glob("*.png"))
-    assert {p.stem for p in plots} == set(smoke_config()["tasks"]) | {"summary", "paired"}
+    tasks = smoke_config()["tasks"]
+    assert {p.stem for p in plots} == set(tasks) | {f"{t}_mix" for t in tasks} | {"summary", "paired"}
     for plot in plots:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         with Image.open(plot) as im:
@@ -136,15 +156,16 @@ def test_every_training_set_has_a_per_image_manifest(smoke_run):
     workdir, _ = smoke_run
     cfg = smoke_config()
     for task in cfg["tasks"]:
-        for source in cfg["sources"]:
+        for source in [s.name for s in sources.curated_sources_of(cfg)]:
             curated = pq.read_table(workdir / f"results/curated/{task}/{source}/manifest.parquet").to_pandas()
             for column in ("key", "label", "origin", "sha256", "clip_score", "dedup_similarity", "kept", "drop_reason"):
                 assert column in curated.columns
             assert curated["key"].is_unique
             assert (curated["kept"] == curated["drop_reason"].isna()).all()
-            for scale in cfg["scales"]:
-                train = pq.read_table(workdir / f"results/cells/{task}/{source}/n{scale}/seed0/train_manifest.parquet")
-                assert set(train.column("key").to_pylist()) <= set(curated.loc[curated["kept"], "key"])
+            for cell in sources.grid(cfg):
+                if cell.task == task and cell.source == source and cell.seed == 0:
+                    train = pq.read_table(workdir / "results/cells" / cell.id / "train_manifest.parquet")
+                    assert set(train.column("key").to_pylist()) <= set(curated.loc[curated["kept"], "key"])
 
 
 def test_planted_test_copies_are_removed_from_the_retrieved_arm(smoke_run):
@@ -182,12 +203,16 @@ REPRODUCIBLE = [  # what must be the same to the bit whatever --cores is and wha
     "results/world/generator/*/*.safetensors",
     "results/synthetic/*/shard-*.tar",
     "results/synthetic/*/shard-*.parquet",
+    "results/world/generator_early/*/*.safetensors",
+    "results/synthetic_early/*/shard-*.tar",
+    "results/random/*/download_manifest.parquet",
     "results/curated/*/*/manifest.parquet",
     "results/cells/**/predictions.parquet",
     "results/cells/**/train_manifest.parquet",
     "results/tables/summary.csv",
     "results/tables/paired.csv",
     "results/tables/sources.csv",
+    "results/tables/exchange.csv",
 ]
 
 
@@ -232,9 +257,12 @@ def test_adding_a_scale_adds_only_its_cells(smoke_run):
     cfg = smoke_config()
     jobs = planned(workdir, [{"scales": cfg["scales"] + [20]}])
     rules = Counter(rule for rule, _ in jobs)
-    n_new = len(cfg["tasks"]) * len(cfg["sources"]) * len(cfg["seeds"])
-    assert rules == Counter({"finetune": n_new, "aggregate": 1})
-    assert {wc["scale"] for rule, wc in jobs if rule == "finetune"} == {"20"}
+    new = set(sources.grid({**cfg, "scales": cfg["scales"] + [20]})) - set(sources.grid(cfg))
+    assert rules == Counter({"finetune": len(new), "aggregate": 1})
+    assert {wc["size"] for rule, wc in jobs if rule == "finetune"} == {"n20"}
+    # every source on the grid's scales gains them; the mix and the real source keep their own
+    assert {wc["source"] for rule, wc in jobs if rule == "finetune"} == {"synthetic", "synthetic_early", "retrieved",
+                                                                          "random"}
 
 
 def test_one_tasks_learning_rate_reruns_only_that_tasks_cells(smoke_run):
@@ -244,8 +272,8 @@ def test_one_tasks_learning_rate_reruns_only_that_tasks_cells(smoke_run):
     lr = smoke_config()["finetune"]["lr"] * 3
     jobs = planned(workdir, [{"task_settings": {task: {"finetune": {"lr": lr}}}}])
     rules = Counter(rule for rule, _ in jobs)
-    assert rules == Counter({"finetune": len(cfg["sources"]) * len(cfg["scales"]) * len(cfg["seeds"]),
-                             "aggregate": 1})
+    cells = [c for c in sources.grid(cfg) if c.task == task and c.source != "zeroshot"]
+    assert rules == Counter({"finetune": len(cells), "aggregate": 1})
     assert {wc["task"] for rule, wc in jobs if rule == "finetune"} == {task}
 
 
@@ -256,7 +284,9 @@ def test_generator_steps_rerun_synthesis_not_retrieval(smoke_run):
     assert {"synthesize_shard", "curate", "finetune", "aggregate"} <= rules
     assert not rules & {"knn_query", "substring_scan", "retrieval_candidates", "fetch_retrieved", "zeroshot",
                         "world_generator", "generator_prompts"}
-    assert {wc["source"] for rule, wc in jobs if rule in ("curate", "finetune")} == {"synthetic"}
+    # both generators sample with the synthetic block; the mix draws on the synthetic source
+    assert {wc["source"] for rule, wc in jobs if rule in ("curate", "finetune")} == {"synthetic", "synthetic_early",
+                                                                                     "mixed-50"}
 
 
 def test_retrieval_k_reruns_retrieval_not_synthesis(smoke_run):
@@ -265,7 +295,7 @@ def test_retrieval_k_reruns_retrieval_not_synthesis(smoke_run):
     rules = set(rule for rule, _ in jobs)
     assert {"knn_query", "retrieval_candidates", "fetch_retrieved", "curate", "finetune", "aggregate"} <= rules
     assert not rules & {"synthesize_shard", "substring_scan", "generator_prompts", "world_index", "zeroshot"}
-    assert {wc["source"] for rule, wc in jobs if rule in ("curate", "finetune")} == {"retrieved"}
+    assert {wc["source"] for rule, wc in jobs if rule in ("curate", "finetune")} == {"retrieved", "mixed-50"}
 
 
 @pytest.mark.parametrize(

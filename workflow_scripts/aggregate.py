@@ -1,14 +1,17 @@
-"""Collect every cell into the results tables (with intervals and paired comparisons) and draw the figures."""
+"""Collect every cell into the results tables (with intervals, paired comparisons and exchange rates
+against the real source) and draw the figures."""
 
 from synret.aggregate import (
     Predictions,
     bootstrap_config,
     collect,
     compare,
-    expected_cells,
+    exchange_table,
+    plot_mix,
     plot_paired,
     plot_summary,
     plot_task,
+    read_metrics,
     source_table,
     summarize,
     with_cell_intervals,
@@ -20,25 +23,29 @@ from synret.workflow import run_job
 
 def main(smk, log):
     grid = smk.params.grid
-    cells = expected_cells(grid["tasks"], grid["sources"], grid["scales"], grid["seeds"])
     bootstrap = bootstrap_config(smk.params.bootstrap)
     n_classes = {task: len(read_task(path)["classnames"]) for task, path in zip(grid["tasks"], smk.input.tasks)}
 
-    table = collect(smk.input.metrics, expected=cells)
-    preds = Predictions(dict(zip(cells, smk.input.predictions)), n_classes)
+    table = collect(smk.input.metrics, expected=grid["cells"])
+    keys = [(m["task"], m["source"], m["scale"], m["seed"]) for m in read_metrics(smk.input.metrics)]
+    preds = Predictions(list(zip(keys, smk.input.predictions)), n_classes)
     table = with_cell_intervals(table, preds, bootstrap)
     summary = summarize(table, preds, bootstrap)
     paired = compare(table, preds, grid["sources"], bootstrap)
     write_csv(table, smk.output.table)
     write_csv(summary, smk.output.summary_table)
     write_csv(paired, smk.output.paired_table)
-    sources = [(task, source) for task in grid["tasks"] for source in grid["sources"]]
-    write_csv(source_table(dict(zip(sources, smk.input.curated)), table), smk.output.sources_table)
+    write_csv(exchange_table(table, preds, grid["real"], bootstrap), smk.output.exchange_table)
+    curated = [(task, source) for task in grid["tasks"] for source in grid["curated"]]
+    write_csv(source_table(dict(zip(curated, smk.input.curated)), table), smk.output.sources_table)
 
+    lines = summary[~summary["source"].isin(grid["mixes"])]  # a mix is one point a total: its own plot
     for task, path in zip(grid["tasks"], smk.output.plots):
-        plot_task(summary, task, path)
-    plot_summary(summary, grid["tasks"], smk.output.summary)
-    later, earlier = (grid["sources"][-1], grid["sources"][0]) if len(grid["sources"]) > 1 else (grid["sources"][0], "zeroshot")
+        plot_task(lines, task, path)
+    for task, path in zip(grid["tasks"], smk.output.mix_plots):
+        plot_mix(summary, task, grid["mixes"], path)
+    plot_summary(lines, grid["tasks"], smk.output.summary)
+    later, earlier = grid["contrast"]
     plot_paired(paired, grid["tasks"], smk.output.paired, later, earlier)
     short = summary[summary["short"]]
     for row in short.itertuples():

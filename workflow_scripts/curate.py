@@ -13,13 +13,13 @@ def main(smk, log):
     from synret.clip import load_clip  # torch: import after run_job set the threads
     from synret.curate import curate
     from synret.resources import loader_workers
-    from synret.sources import source
+    from synret.sources import CANDIDATES
     from synret.synthesize import pick_device
     from synret.workflow import available_cpus
 
     manifests = smk.input.manifests if isinstance(smk.input.manifests, list) else [smk.input.manifests]
     listed = pd.concat([pq.read_table(p).to_pandas() for p in manifests], ignore_index=True)
-    rows = source(smk.wildcards.source).candidates(listed)
+    rows = CANDIDATES[smk.params.source["kind"]](listed, smk.wildcards.source)
     cfg = smk.params.curate
     evals = pd.concat([pq.read_table(getattr(smk.input, split)).to_pandas() for split in cfg["dedup"]["splits"]],
                       ignore_index=True)

@@ -4,6 +4,8 @@ from synret.workflow import run_job
 
 
 def main(smk, log):
+    from pathlib import Path
+
     import pyarrow.parquet as pq
 
     from synret.cells import run_cell  # torch: after run_job set the threads
@@ -14,11 +16,19 @@ def main(smk, log):
     task = read_task(smk.input.task)
     wc = smk.wildcards
     splits = {s: pq.read_table(getattr(smk.input, s)).to_pandas() for s in smk.params.evaluate["splits"]}
+    selection = None
     if smk.rule == "zeroshot":
         cell, curated, finetune = {"task": wc.task, "source": "zeroshot", "scale": 0, "seed": 0}, None, None
     else:
-        cell = {"task": wc.task, "source": wc.source, "scale": int(wc.scale), "seed": int(wc.seed)}
-        curated, finetune = pq.read_table(smk.input.curated).to_pandas(), smk.params.finetune
+        selection = smk.params.selection
+        cell = {"task": wc.task, "source": wc.source, "size": wc.size, "seed": int(wc.seed),
+                "scale": int(wc.size[1:]) if wc.size.startswith("n") else None}
+        if selection["how"] == "mix":
+            cell["mix"] = selection["ratio"]
+        if selection["how"] == "per_class":
+            cell["images_per_class"] = selection["per_class"]  # None: all of them
+        curated = {Path(p).parent.name: pq.read_table(p).to_pandas() for p in smk.input.curated}
+        finetune = smk.params.finetune
     probe_tables = None
     if smk.params.evaluate.get("linear_probe") is not None:  # the task's own splits, for the probe
         probe_tables = {s: pq.read_table(getattr(smk.input, "probe_train" if s == "train" else s)).to_pandas()
@@ -27,7 +37,7 @@ def main(smk, log):
     workers = loader_workers(smk.threads, smk.params.compute_threads, available_cpus())
     log(f"evaluation images read by {workers} data-loader worker(s)" if workers else "evaluation images read in process")
     record, subset, predictions = run_cell(task, cell, smk.params.clip, splits, smk.params.evaluate, curated,
-                                           finetune, log, probe_tables, workers)
+                                           finetune, log, probe_tables, workers, selection)
     if subset is not None:
         write_parquet(subset, smk.output.train_manifest)
     write_parquet(predictions, smk.output.predictions)

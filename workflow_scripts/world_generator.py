@@ -13,8 +13,10 @@ def main(smk, log):
     images = np.load(smk.input.array)
     captions = pa.concat_tables([pq.read_table(p, columns=["TEXT"]) for p in smk.input.metadata])
     cfg = GeneratorConfig(**smk.params.train)
-    stats = train_generator(images, captions.column("TEXT").to_pylist(), smk.input.clip, smk.output[0], cfg, log=log)
-    write_json(f"{smk.output[0]}/training_stats.json", stats)
+    snapshots = {name: f"results/world/generator_{name}" for name in sorted(cfg.snapshots or {})}
+    stats = train_generator(images, captions.column("TEXT").to_pylist(), smk.input.clip, smk.output.generator, cfg,
+                            log=log, snapshot_dirs=snapshots)
+    write_json(f"{smk.output.generator}/training_stats.json", stats)
 
 
 run_job(snakemake, main)

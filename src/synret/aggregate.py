@@ -24,13 +24,13 @@ import pyarrow.parquet as pq
 
 from .config import ZEROSHOT, expected_cells  # noqa: F401 (expected_cells: part of this module's API)
 from .sources import source_style
-from .stats import BootstrapConfig, cell_interval, seed_image_interval, paired_difference
+from .stats import BootstrapConfig, cell_interval, equivalent_real, seed_image_interval, paired_difference
 
 KEY = ["task", "source", "scale", "seed"]
 TABLE_COLUMNS = [
     "task", "source", "scale", "seed", "top1", "top1_lo", "top1_hi", "top5",
     "mean_per_class", "mean_per_class_lo", "mean_per_class_hi", "n_train", "short", "n_test",
-    "wall_seconds", "val_top1", "val_mean_per_class", "steps",
+    "wall_seconds", "val_top1", "val_mean_per_class", "steps", "size", "images_per_class", "mix",
 ]
 PROBE_COLUMNS = ["lp_top1", "lp_mean_per_class"]  # present when some cell ran the linear-probe evaluation
 SUMMARY_COLUMNS = [
@@ -40,6 +40,10 @@ SUMMARY_COLUMNS = [
 PAIRED_COLUMNS = [
     "task", "scale", "a", "b", "seed", "n_test", "diff_top1", "diff_top1_lo", "diff_top1_hi",
     "diff_mean_per_class", "diff_mean_per_class_lo", "diff_mean_per_class_hi", "a_only", "b_only", "mcnemar_p",
+]
+EXCHANGE_COLUMNS = [
+    "task", "source", "scale", "seeds", "n_train", "top1", "real_per_class", "real_per_class_lo", "real_per_class_hi",
+    "real_images", "real_images_per_image", "real_curve_min", "real_curve_max",
 ]
 SOURCE_COLUMNS = [
     "task", "source", "candidates", "kept", "largest_scale", "shortfall", "label_fidelity", "label_fidelity_kept",
@@ -51,9 +55,10 @@ ACCURACY_DECIMALS = 4
 # ----------------------------------------------------------------------------- the grid
 
 
-def check_grid(found: Iterable[tuple], expected: Iterable[tuple]) -> None:
-    """Every expected cell exactly once, nothing else: an error naming each cell that is not."""
-    found, expected = [tuple(c) for c in found], [tuple(c) for c in expected]
+def check_grid(found: Iterable[tuple | str], expected: Iterable[tuple | str]) -> None:
+    """Every expected cell exactly once, nothing else: an error naming each cell that is not. Cells are
+    ids (``task/source/size/seed<seed>``, see ``synret.sources.Cell``) or (task, source, scale, seed)."""
+    found, expected = [_cell_name(c) for c in found], [_cell_name(c) for c in expected]
     counts = pd.Series(found, dtype=object).value_counts() if found else pd.Series(dtype=int)
     problems = []
     missing = sorted(set(expected) - set(found))
@@ -61,18 +66,21 @@ def check_grid(found: Iterable[tuple], expected: Iterable[tuple]) -> None:
     unexpected = sorted(set(found) - set(expected))
     names = ", ".join
     if missing:
-        problems.append(f"missing cells {names(map(_cell_name, missing))}")
+        problems.append(f"missing cells {names(missing)}")
     if duplicated:
-        problems.append(f"duplicated cells {names(map(_cell_name, duplicated))}")
+        problems.append(f"duplicated cells {names(duplicated)}")
     if unexpected:
-        problems.append(f"cells outside the configured grid {names(map(_cell_name, unexpected))}")
+        problems.append(f"cells outside the configured grid {names(unexpected)}")
     if problems:
         raise ValueError("results do not match the grid: " + "; ".join(problems))
 
 
-def _cell_name(cell: tuple) -> str:
-    task, source, scale, seed = cell
-    return f"{task}/{source}" if source == ZEROSHOT else f"{task}/{source}/n{scale}/seed{seed}"
+def _cell_name(cell: tuple | str) -> str:
+    if isinstance(cell, str):
+        return cell
+    task, source, scale, seed = cell[:4]
+    size = cell[4] if len(cell) > 4 and isinstance(cell[4], str) else f"n{scale}"
+    return f"{task}/{source}" if source == ZEROSHOT else f"{task}/{source}/{size}/seed{seed}"
 
 
 # ----------------------------------------------------------------------------- reading cells
@@ -101,12 +109,14 @@ def read_predictions(path: str | Path, evaluation: str = "classifier", split: st
 class Predictions:
     """The test-split correctness of every cell, aligned on one image order per task."""
 
-    def __init__(self, files: dict[tuple, str | Path], n_classes: dict[str, int]):
+    def __init__(self, files: dict[tuple, str | Path] | list[tuple[tuple, str | Path]], n_classes: dict[str, int]):
         self.n_classes = dict(n_classes)
         self.labels: dict[str, np.ndarray] = {}
         self.keys: dict[str, np.ndarray] = {}
         self.correct: dict[tuple, np.ndarray] = {}
-        for cell, path in files.items():
+        for cell, path in files.items() if isinstance(files, dict) else files:
+            if tuple(cell) in self.correct:  # a cell that is another's point (see collect): the first counts
+                continue
             table = read_predictions(path)
             task = cell[0]
             if task not in self.n_classes:
@@ -138,14 +148,23 @@ def collect(metric_files: Sequence[str | Path], expected: Sequence[tuple] | None
     columns = TABLE_COLUMNS + [c for c in PROBE_COLUMNS if any(m.get(c) is not None for m in metrics)]
     df = pd.DataFrame([{c: m.get(c) for c in columns} for m in metrics], columns=columns)
     if expected is not None:
-        check_grid(df[KEY].itertuples(index=False, name=None), expected)
+        check_grid([(*key, m.get("size") or f"n{key[2]}") for key, m in
+                    zip(df[KEY].itertuples(index=False, name=None), metrics)], expected)
     for column in ("top1", "mean_per_class"):
         bad = df[~df[column].between(0, 1)]
         if len(bad):
             raise ValueError(f"{column} outside [0, 1] for {bad[KEY].to_dict('records')}")
     df["short"] = (df["source"] != ZEROSHOT) & (df["n_train"].fillna(0) < df["scale"])
-    numeric = [c for c in columns if c not in ("task", "source", "short")]
+    df["size"] = [size or ("" if source == ZEROSHOT else f"n{scale}")
+                  for size, source, scale in zip(df["size"], df["source"], df["scale"])]
+    numeric = [c for c in columns if c not in ("task", "source", "short", "size")]
     df[numeric] = df[numeric].apply(pd.to_numeric)
+    # the real source's kall is its k-cell where a task has exactly k images a class: the same point, once
+    same = df.duplicated(KEY, keep="first")
+    if same.any():
+        if not df.loc[same, "size"].str.startswith("k").all():
+            raise ValueError(f"two cells of the same (task, source, scale, seed): {df.loc[same, KEY].to_dict('records')}")
+        df = df[~same]
     return df.sort_values(KEY, kind="stable").reset_index(drop=True)
 
 
@@ -229,6 +248,40 @@ def source_table(summaries: dict[tuple[str, str], str | Path], table: pd.DataFra
     dropped = sorted(c for c in df.columns if c.startswith("dropped_"))
     df[dropped] = df[dropped].fillna(0).astype(int)
     return df[SOURCE_COLUMNS + dropped].sort_values(["task", "source"], kind="stable").reset_index(drop=True)
+
+
+def exchange_table(table: pd.DataFrame, preds: Predictions, real: Sequence[str], bootstrap: BootstrapConfig) -> pd.DataFrame:
+    """Each point of the grid (task, source, scale, across seeds; and zero-shot) as the number of the task's
+    own training images per class that give the same top-1, read off the real source's curve with its
+    interval (``synret.stats.equivalent_real``); ``real_images_per_image``: those real images over the
+    images the point trained on (what one of its images is worth in real ones). ``inf`` / ``-inf``: beyond
+    the real curve's best point / below its first."""
+    rows = []
+    for task in sorted(table["task"].unique()):
+        cells = table[table["task"] == task]
+        n_classes = preds.n_classes[task]
+        for name in real:
+            own = cells[cells["source"] == name]
+            if own["scale"].nunique() < 2:
+                continue
+            curve = []
+            for scale, group in own.groupby("scale", sort=True):
+                seeds = sorted(group["seed"])
+                curve.append((float(group["n_train"].mean()) / n_classes, preds.matrix(task, name, scale, seeds)))
+            others = cells[~cells["source"].isin(real)]
+            for (source, scale), group in others.groupby(["source", "scale"], sort=True):
+                seeds = sorted(group["seed"])
+                stats = equivalent_real(preds.matrix(task, source, scale, seeds), curve, bootstrap, task, source, scale, name)
+                n_train = float(group["n_train"].mean())
+                rows.append({
+                    "task": task, "source": source, "scale": scale, "seeds": len(seeds), "n_train": n_train,
+                    "top1": float(group["top1"].mean()), "real_per_class": stats["per_class"],
+                    "real_per_class_lo": stats["per_class_lo"], "real_per_class_hi": stats["per_class_hi"],
+                    "real_images": stats["per_class"] * n_classes,
+                    "real_images_per_image": stats["per_class"] * n_classes / n_train if n_train else np.nan,
+                    "real_curve_min": stats["curve_min"], "real_curve_max": stats["curve_max"],
+                })
+    return pd.DataFrame(rows, columns=EXCHANGE_COLUMNS)
 
 
 def rounded(df: pd.DataFrame) -> pd.DataFrame:
@@ -387,6 +440,46 @@ def plot_paired(paired: pd.DataFrame, tasks: Sequence[str], path: str | Path, a:
     ax.set_ylabel(f"top-1: {a} minus {b}")
     ax.set_title(f"{a} minus {b}, paired on the test images")
     ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_mix(summary: pd.DataFrame, task: str, mixes: dict[str, dict], path: str | Path, metric: str = "top1") -> None:
+    """Accuracy against the share of the second source in a mix (``mixes``: cell source -> {ratio, of}), one
+    line per total, with the two sources' own cells at the same total as the shares 0 and 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary[summary["task"] == task].set_index(["source", "scale"])
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    lines: dict[tuple, list] = {}
+    for name, mix in mixes.items():
+        first, second = mix["of"]
+        for scale in sorted({s for (src, s) in rows.index if src == name}):
+            points = lines.setdefault((first, second, scale), [])
+            points.append((mix["ratio"], rows.loc[(name, scale)]))
+            for ratio, end in ((0.0, first), (1.0, second)):
+                if (end, scale) in rows.index and all(r != ratio for r, _ in points):
+                    points.append((ratio, rows.loc[(end, scale)]))
+    for (first, second, scale), points in sorted(lines.items(), key=lambda item: item[0][2]):
+        points.sort(key=lambda p: p[0])
+        x = np.array([r for r, _ in points])
+        y = np.array([float(p[metric]) for _, p in points])
+        lo = np.array([float(p[f"{metric}_lo"]) for _, p in points])
+        hi = np.array([float(p[f"{metric}_hi"]) for _, p in points])
+        ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, lw=1.5, label=f"{scale:,} images")
+        ax.set_xlabel(f"share of {second} (the rest {first})")
+    zero = summary[(summary["task"] == task) & (summary["source"] == ZEROSHOT)]
+    if len(zero):
+        ax.axhline(float(zero.iloc[0][metric]), color="gray", ls="--", lw=1.2, label="zero-shot")
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_ylabel("top-1 accuracy" if metric == "top1" else "mean per-class accuracy")
+    ax.set_title(f"{task}: mixing at a fixed total")
+    ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)

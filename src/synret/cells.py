@@ -11,7 +11,7 @@ import pyarrow as pa
 import torch
 
 from .clip import load_clip
-from .curate import nested_subset
+from .curate import nested_subset, select_training
 from .finetune import (
     TOP_K,
     FinetuneConfig,
@@ -121,7 +121,7 @@ def _record(cell: dict, results: dict, extra: dict) -> dict:
 def run_cell(
     task: dict, cell: dict, clip_cfg: dict, eval_splits: dict[str, pd.DataFrame], evaluate_cfg: dict,
     curated: pd.DataFrame | None = None, finetune_cfg: dict | None = None, log: Callable[[str], None] = print,
-    probe_tables: dict[str, pd.DataFrame] | None = None, num_workers: int = 0,
+    probe_tables: dict[str, pd.DataFrame] | None = None, num_workers: int = 0, selection: dict | None = None,
 ) -> tuple[dict, pd.DataFrame | None, pa.Table]:
     """Finetune on the cell's nested subset (or not at all for zero-shot) and evaluate.
 
@@ -131,6 +131,8 @@ def run_cell(
     of the images it trained on (None for zero-shot) and the per-image predictions of every evaluation
     (``PREDICTION_SCHEMA``). ``num_workers``: data-loader processes that read the evaluation images (and the
     probe's); training reads its own with ``finetune.num_workers``. Neither changes the evaluation's bits.
+    ``curated``: the source's curated manifest (the first ``scale`` of its nested order are trained on), or
+    with ``selection`` (``synret.curate.select_training``) the curated manifests of every source it draws on.
     """
     start = time.time()
     device = pick_device()
@@ -142,7 +144,11 @@ def run_cell(
     extra = {"n_train": 0, "steps": 0, "device": device, "precision": precision, "eval_precision": eval_precision}
     subset = None
     if curated is not None:
-        subset = nested_subset(curated, cell["scale"], cell["seed"])
+        if selection is None:
+            subset, wanted = nested_subset(curated, cell["scale"], cell["seed"]), cell["scale"]
+        else:
+            subset, wanted = select_training(curated, selection, cell["seed"])
+            cell = {**cell, "scale": len(subset) if wanted is None else wanted}
         if len(subset) < cell["scale"]:
             log(f"WARNING: only {len(subset)} curated images for scale {cell['scale']}; training on all of them")
         images = load_images(zip(subset["shard"], subset["member"]))

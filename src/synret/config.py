@@ -131,11 +131,18 @@ def dataset_inputs(dataset: dict) -> list[str]:
     return [p for p in required_paths(dataset) if os.path.exists(p)]
 
 
+def world_products(config: dict) -> list[str]:
+    """What the world's rules make: WORLD_PRODUCTS, and the generator's training snapshots
+    (``world.generator.snapshots``: name -> UNet step, each saved to ``results/world/generator_<name>``)."""
+    snapshots = ((config.get("world") or {}).get("generator") or {}).get("snapshots") or {}
+    return [*WORLD_PRODUCTS.values(), *(f"{WORLD_PRODUCTS['generator']}_{name}" for name in sorted(snapshots))]
+
+
 def produced_by_world(config: dict, path: str) -> bool:
     if not config.get("world"):
         return False
     norm = os.path.normpath(path)
-    return any(norm == p or norm.startswith(p + os.sep) for p in map(os.path.normpath, WORLD_PRODUCTS.values()))
+    return any(norm == p or norm.startswith(p + os.sep) for p in map(os.path.normpath, world_products(config)))
 
 
 def _is_local_path(name: str) -> bool:
@@ -162,11 +169,14 @@ def path_errors(config: dict) -> list[str]:
     clip_model = config["clip"]["model"]
     if clip_model.startswith("local-dir:"):
         need("clip.model", clip_model[len("local-dir:"):], "CLIP model directory")
-    from .sources import SOURCES
+    from .sources import source
 
     for name in config["sources"]:  # what each source needs: its models, pool, index (unknown ones: see semantic_errors)
-        if name in SOURCES:
-            problems += SOURCES[name].config_problems(config, need)
+        try:
+            definition = source(name, config)
+        except ConfigError:
+            continue
+        problems += definition.config_problems(config, need)
     for task in config["tasks"]:
         need(f"task_settings.{task}.dataset.root", config["task_settings"][task]["dataset"]["root"], "dataset root")
     for weights in sorted({isc_weights_of(config, t) for t in config["tasks"]} - {None}):
@@ -188,12 +198,22 @@ def semantic_errors(config: dict) -> list[str]:
             problems.append(f"config key 'tasks': task {task!r} has no entry in 'task_settings'")
     if problems:
         return problems
-    from .sources import SOURCES
+    from .sources import SOURCES, config_problems as source_problems, source
 
-    unknown = [name for name in config["sources"] if name not in SOURCES]
+    problems += source_problems(config)
+    if problems:
+        return problems
+    unknown = []
+    for name in config["sources"]:
+        try:
+            source(name, config)
+        except ConfigError:
+            unknown.append(name)
     if unknown:
+        own = sorted(n for n, s in (config.get("source_settings") or {}).items() if (s or {}).get("kind"))
         problems.append(f"config key 'sources': unknown source{'s' * (len(unknown) > 1)} "
-                        f"{', '.join(map(repr, unknown))}; known sources: {', '.join(SOURCES)}")
+                        f"{', '.join(map(repr, unknown))}; known sources: {', '.join([*SOURCES, *own])} "
+                        "(or a source_settings entry with a kind)")
     lacking = [t for t in config["tasks"] if stage_settings(config, "curate", t)["dedup"].get("descriptor") == "isc"
                and not isc_weights_of(config, t)]
     if lacking:

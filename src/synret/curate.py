@@ -141,12 +141,18 @@ def curate(
     ``precision``: fp32, or an autocast precision for the CLIP on GPU (see ``embed.autocast``).
     ``num_workers``: data-loader processes that decode the images (the results do not depend on it)."""
     rows = rows.reset_index(drop=True).copy()
-    rows["classname"] = [task["classnames"][y] for y in rows["label"]]
     rows["drop_reason"] = np.where(rows["status"] == "success", None, "download_failed")
     rows.loc[rows["status"] != "success", "shard"] = None
 
     # describe candidates and evaluation images
     emb, desc = describe_rows(clip, rows, cfg, device, log, precision, num_workers)
+    unlabelled = (rows["label"] < 0) & rows["shard"].notna()
+    if unlabelled.any():  # an untargeted source: its images take the task's zero-shot class
+        classifier = zero_shot_weights(clip, task["classnames"], task.get("templates") or task["filter_templates"],
+                                       device=device).numpy()
+        rows.loc[unlabelled, "label"] = (emb[unlabelled.to_numpy()] @ classifier.T).argmax(axis=1)
+        log(f"labelled {int(unlabelled.sum())} images by the task's zero-shot classifier")
+    rows["classname"] = [task["classnames"][y] if y >= 0 else None for y in rows["label"]]
     eval_desc = dedup_descriptors(clip, list(eval_items["path"]), cfg["dedup"], cfg["batch_size"], device,
                                   precision=precision, num_workers=num_workers)
 
@@ -231,3 +237,47 @@ def nested_subset(manifest: pd.DataFrame, scale: int, seed: int) -> pd.DataFrame
     kept = manifest[manifest["kept"]].sort_values("key", kind="stable").reset_index(drop=True)
     order = np.random.default_rng(seed).permutation(len(kept))
     return kept.iloc[order[:scale]].reset_index(drop=True)
+
+
+def per_class_subset(manifest: pd.DataFrame, per_class: int | None, seed: int) -> pd.DataFrame:
+    """The first ``per_class`` kept images of each class in a seeded permutation (all of them: None), in
+    that permutation's order: smaller counts nest inside larger ones."""
+    kept = manifest[manifest["kept"]].sort_values("key", kind="stable").reset_index(drop=True)
+    order = kept.iloc[np.random.default_rng(seed).permutation(len(kept))]
+    if per_class is not None:
+        order = order.groupby("label", sort=False).head(per_class)
+    return order.reset_index(drop=True)
+
+
+def select_training(curated: dict[str, pd.DataFrame], selection: dict, seed: int) -> tuple[pd.DataFrame, int]:
+    """A cell's training images from the curated manifests of the sources it draws on, as ``selection``
+    says (``synret.sources.Source.selection``), and the number it asked for (None: as many as there are).
+
+    - ``nested``: the first ``scale`` of one source's seeded permutation;
+    - ``per_class``: the first ``per_class`` of each class (the real source);
+    - ``mix``: from each source of ``parts`` its own nested subset of that many, so a mix nests in the
+      same mix at a larger total, and a share of 0 or 1 is the source's own cell.
+    """
+    how = selection["how"]
+    if how == "nested":
+        return nested_subset(curated[selection["source"]], selection["scale"], seed), selection["scale"]
+    if how == "per_class":
+        subset = per_class_subset(curated[selection["source"]], selection["per_class"], seed)
+        k = selection["per_class"]
+        return subset, None if k is None else k * int(subset["label"].nunique() if len(subset) else 0)
+    if how == "mix":
+        parts = [nested_subset(curated[name], n, seed) for name, n in selection["parts"].items()]
+        return pd.concat(parts, ignore_index=True), sum(selection["parts"].values())
+    raise ValueError(f"unknown training-image selection {how!r}")
+
+
+def keep_all(rows: pd.DataFrame, task: dict) -> tuple[pa.Table, dict]:
+    """The curated manifest of a source kept as it is (the task's own labelled training images): every
+    row kept, no scores."""
+    rows = rows.reset_index(drop=True).copy()
+    rows["classname"] = [task["classnames"][y] for y in rows["label"]]
+    for column in ("clip_score", "dedup_similarity"):
+        rows[column] = np.nan
+    rows["zeroshot_label"] = pd.Series(pd.NA, index=rows.index, dtype="Int64")
+    rows["dedup_match"], rows["drop_reason"], rows["kept"] = None, None, True
+    return pa.Table.from_pandas(rows[MANIFEST_COLUMNS], preserve_index=False), summarize(rows, task)

@@ -188,6 +188,8 @@ def calibrate_run(config: dict, task: str, originals: int = 40, lookalikes: int 
         clip = load_clip(c["model"], c.get("pretrained"), device=device, cache_dir=c.get("cache_dir"))
     out = {"task": task, "dedup": dedup, "originals": int(len(pick)), "kinds": list(COPY_KINDS)}
     for arm in sources_of(config):
+        if arm.storage_fn is None:  # its images are not fetched or made (the task's own; a mix of others)
+            continue
         manifest = root_path / f"results/curated/{task}/{arm.name}/manifest.parquet"
         look = _arm_images(str(manifest), lookalikes, np.random.default_rng(seed + 1), root_path)
         store = arm.storage(arm.storage_settings(config, task))

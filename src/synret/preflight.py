@@ -20,7 +20,7 @@ from typing import Any
 
 from .caption_files import download_hint
 from .config import HUB_ID, canonical, isc_weights_of, stage_settings, task_definition
-from .sources import sources_of
+from .sources import curated_sources_of
 from .tasks import DOWNLOAD_HINTS, FORMATS, required_paths
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -297,9 +297,9 @@ def preflight_problems(spec: dict[str, Any], endpoint: str | None = None) -> lis
     problems = check_open_clip("clip.model", clip["model"], clip.get("pretrained"), clip.get("cache_dir"), endpoint)
     if spec.get("knn_model") and spec["knn_model"] != clip["model"]:
         problems += check_open_clip("pool.knn_model", spec["knn_model"], None, clip.get("cache_dir"), endpoint)
-    if spec.get("generator"):
-        gen = spec["generator"]
-        problems += check_diffusers("generator.model", gen["model"], gen.get("cache_dir"), endpoint)
+    for name, gen in sorted((spec.get("generators") or {}).items()):  # one per synthetic source
+        key = "generator.model" if name == "synthetic" else f"source_settings.{name}.generator.model"
+        problems += check_diffusers(key, gen["model"], gen.get("cache_dir"), endpoint)
     for llm in spec.get("llms", []):
         problems += check_causal_lm("prompts.llm.model", llm["model"], llm.get("cache_dir"), endpoint)
     problems += check_caption_files(spec.get("caption_files", []))
@@ -319,8 +319,15 @@ def preflight_spec(config: dict) -> dict:
         "clip": {k: config["clip"].get(k) for k in ("model", "pretrained", "cache_dir")},
         "datasets": {t: task_definition(config, t)["dataset"] for t in tasks},
     }
-    for source in sources_of(config):  # each source's models, pool and index
-        spec.update(source.preflight(config))
+    for source in curated_sources_of(config):  # each source's models, pool and index (and those mixed ones draw on)
+        for key, value in source.preflight(config).items():
+            if key == "generators":
+                spec.setdefault(key, {}).update(value)
+            elif key != "pool" or "pool" not in spec:
+                spec[key] = value
+    if "pool" in spec:
+        # a random source alone: it reads the pool's metadata, as caption matching does
+        spec.setdefault("retrieval", {"substring": True, "knn_modalities": []})
     weights = {isc_weights_of(config, t) for t in tasks} - {None}  # the ISC dedup descriptor's, where used
     if weights:
         spec["copydetect"] = [{"key": "curate.dedup.weights", "path": w} for w in sorted(weights)]
@@ -339,6 +346,6 @@ def run_preflight(spec: dict, endpoint: str | None = None) -> dict:
     problems = preflight_problems(spec, endpoint)
     if problems:
         raise PreflightError(report(problems))
-    checked = ("caption_files", "clip", "knn_model", "generator", "llms", "pool", "copydetect")
+    checked = ("caption_files", "clip", "knn_model", "generators", "llms", "pool", "copydetect")
     return {"checked": sorted(k for k in checked if spec.get(k))
             + [f"dataset:{t}" for t in sorted(spec["datasets"])], "hub_offline": hub_offline()}

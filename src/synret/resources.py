@@ -237,9 +237,16 @@ def cell_work(config: dict, task: str, scale: int | None, threads: int | None = 
     return work
 
 
+def cell_images(config: dict, wildcards) -> int:
+    """The training images of a cell: its scale (size ``n<images>``), or at most the task's training split
+    (the real source's ``k<per class>`` and ``kall``)."""
+    size = wildcards.get("size") or f"n{wildcards['scale']}"
+    return int(size[1:]) if size.startswith("n") else split_sizes(config, wildcards["task"])["train"]
+
+
 def _cell(config, wildcards, job, zeroshot: bool = False):
     task = wildcards["task"]
-    scale = None if zeroshot else int(wildcards["scale"])
+    scale = None if zeroshot else cell_images(config, wildcards)
     ft, ev = stage_settings(config, "finetune", task), stage_settings(config, "evaluate", task)
     kind = _kind(config, "clip")
     sizes = split_sizes(config, task)
@@ -302,7 +309,7 @@ def _curate(config, wildcards, job):
     work = curate_work(config, task, job.threads, candidates)
     if candidates is None:
         candidates = stage_settings(config, "prompts", task)["images"]
-    shard = source(wildcards["source"]).shard_size(config, task)
+    shard = source(wildcards["source"], config).shard_size(config, task)
     descriptor = s["dedup"].get("descriptor")
     dim = {"isc": 256, "clip": 0}.get(descriptor, 3 * s["dedup"].get("pixel_size", 16) ** 2)
     # the candidate rows; their embeddings and descriptors (NaN-filled arrays, then per-shard pieces); one

@@ -83,3 +83,54 @@ def merge_candidates(
                    ("planted_from", pa.string())])
     )
     return table, counts
+
+
+CANDIDATE_SCHEMA = pa.schema([("label", pa.int32()), ("id", pa.string()), ("url", pa.string()), ("caption", pa.string()),
+                              ("query", pa.string()), ("methods", pa.string()), ("score", pa.float32()),
+                              ("planted_from", pa.string())])
+
+
+def random_pool_sample(parts: list[str], columns: dict[str, str], n: int, seed: int, drop_nsfw: list[str],
+                       batch_rows: int = 1 << 18) -> tuple[pa.Table, dict]:
+    """An untargeted sample of ``n`` pool items, as candidates without a label (-1: the curation labels them).
+
+    Items are ranked by a seeded hash of their id and the ``n`` lowest kept, reading the metadata parts
+    batch by batch: deterministic, independent of how the pool is split into parts, and a larger ``n``
+    keeps the items a smaller one drew. NSFW-tagged rows are never drawn.
+    """
+    import pyarrow.parquet as pq
+
+    wanted = {role: col for role, col in columns.items() if col and role in ("id", "url", "caption", "nsfw", "planted_from")}
+    key = hashlib.sha256(f"random-sample-{seed}".encode()).hexdigest()[:16]
+    best: pd.DataFrame | None = None
+    seen = nsfw_rows = 0
+    for path in parts:
+        file = pq.ParquetFile(path)
+        missing = [f"{col!r} (config key 'pool.columns.{role}')" for role, col in wanted.items()
+                   if col not in file.schema_arrow.names]
+        if missing:
+            raise KeyError(f"{path}: no column {', '.join(missing)}")
+        for batch in file.iter_batches(batch_size=batch_rows, columns=list(wanted.values())):
+            df = batch.to_pandas().rename(columns={col: role for role, col in wanted.items()})
+            seen += len(df)
+            if "nsfw" in df:
+                nsfw = df["nsfw"].isin(drop_nsfw)
+                nsfw_rows += int(nsfw.sum())
+                df = df[~nsfw]
+            df = df.assign(id=df["id"].astype(str))
+            df["_rank"] = pd.util.hash_array(df["id"].to_numpy(object), hash_key=key)
+            best = df if best is None else pd.concat([best, df], ignore_index=True)
+            best = best.sort_values(["_rank", "id"], kind="stable").head(n)
+    sample = (best if best is not None else pd.DataFrame(columns=["id", "_rank"])).drop_duplicates("id")
+    sample = sample.sort_values("id", kind="stable")
+    table = pa.table({
+        "label": pa.array([-1] * len(sample), pa.int32()), "id": pa.array(sample["id"], pa.string()),
+        "url": pa.array(sample["url"].astype(str) if len(sample) else [], pa.string()),
+        "caption": pa.array(sample["caption"] if "caption" in sample else [None] * len(sample), pa.string()),
+        "query": pa.array([None] * len(sample), pa.string()), "methods": pa.array(["random"] * len(sample), pa.string()),
+        "score": pa.array([None] * len(sample), pa.float32()),
+        "planted_from": pa.array(sample["planted_from"] if "planted_from" in sample else [None] * len(sample), pa.string()),
+    }, schema=CANDIDATE_SCHEMA)
+    counts = {"pool_rows": seen, "nsfw_dropped": nsfw_rows, "candidates": table.num_rows,
+              "unique_urls": int(sample["url"].nunique()) if len(sample) else 0}
+    return table, counts

@@ -101,12 +101,16 @@ def read_images(path: str | Path, keys: Iterable[str]) -> dict[str, bytes]:
 
 
 def load_images(shards_and_keys: Iterable[tuple[str, str]]) -> list[bytes]:
-    """Image bytes for (shard path, key) pairs, in the given order, reading each shard once."""
-    pairs = list(shards_and_keys)
+    """Image bytes for (shard path, key) pairs, in the given order, reading each shard once. A pair without
+    a shard (None) names an image file (the task's own training images)."""
+    pairs = [(shard if isinstance(shard, str) else None, key) for shard, key in shards_and_keys]
     by_shard: dict[str, list[str]] = {}
-    for shard, key in pairs:
-        by_shard.setdefault(shard, []).append(key)
     loaded = {}
+    for shard, key in pairs:
+        if shard is None:
+            loaded[(None, key)] = Path(key).read_bytes()
+        else:
+            by_shard.setdefault(shard, []).append(key)
     for shard, keys in by_shard.items():
         for key, data in read_images(shard, keys).items():
             loaded[(shard, key)] = data

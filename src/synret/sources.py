@@ -1,47 +1,144 @@
 """The data sources a grid compares, each one definition in one place.
 
-A source is what a cell trains on: ``synthetic`` (images a text-to-image generator made for the task's
-prompts) and ``retrieved`` (real images of the upstream pool, found by kNN and caption matching and
-downloaded). A ``Source`` says everything the workflow needs to know about one:
+A source is what a cell trains on. The kinds:
 
-- ``stage``: the stage whose rules make its images (rules/<stage>.smk), and ``images``: the files a task's
-  source consists of, webdataset shards and the manifests that list them (the inputs of its curation
-  and of its cells);
-- ``candidates``: how those manifests' rows become curation candidates (one row per image and label);
+- ``synthetic``: images a text-to-image generator made for the task's prompts. A config can run it more
+  than once with other generators or sampling settings (``source_settings.<name>: {kind: synthetic,
+  generator: {...}, synthetic: {...}}``), each its own source with its own shards;
+- ``retrieved``: real images of the upstream pool found by kNN and caption matching, downloaded;
+- ``random``: an untargeted random sample of the pool, downloaded, each image labelled by the task's
+  zero-shot CLIP (a control: what the pool gives without targeting);
+- ``real``: the task's own labelled training images, ``k`` per class (``per_class``), so that the tables
+  can say how many synthetic or retrieved images one real image is worth;
+- ``mixed``: two curated sources drawn together at fixed totals, a share ``r`` of the second (``ratios``)
+  and the rest of the first; each ratio is a source of its own in the results (``mixed-25``: 25% of the
+  second).
+
+A ``Source`` says everything the workflow needs to know about one:
+
+- ``stage``: the stage whose rules make its images, and ``images``: the files a task's source consists
+  of (shards and the manifests that list them; the inputs of its curation and of its cells);
+- ``curation``: how its curated manifest is made: ``clip`` (the curate rule: CLIP-score filter and dedup
+  against the evaluation images), ``all`` (kept as they are: the task's own training images) or ``None``
+  (it has none: it draws from its ``parents``' curated sets);
+- ``candidates``: how its manifests' rows become curation candidates (one row per image and label);
 - ``storage``: how it stores an incoming image, byte for byte (the leakage calibration plants copies the
   way the source would have stored them), and ``shard_size``: images per shard (for sizing jobs);
 - ``config_problems`` and ``preflight``: the config keys and local paths it needs, checked before any job
   runs, and the slice of the config the preflight job checks for it (models, pool, index);
+- ``cells``: the cells it adds to the grid, and ``selection``: how a cell picks its training images;
 - ``label``, ``color``, ``marker``: how tables and plots show it.
 
-``SOURCES`` holds them by name; ``source(name)`` looks one up, and a name it does not know is a config
-error. Adding a source is one ``Source`` here (and the rules of its stage, if a new stage makes its images).
+``SOURCES`` holds the definitions by name; ``source(name, config)`` looks one up, also a config's own
+instances of a kind (``source_settings.<name>.kind``). A name it does not know is a config error. Adding
+a source is one ``Source`` here (and the rules of its stage, if a new stage makes its images).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import io
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .config import ConfigError, _is_local_path, produced_by_world, shard_count, stage_settings
+from .config import ConfigError, _is_local_path, deep_merge, produced_by_world, shard_count, stage_settings
+
+NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# result folders a source's own folder (results/<name>/) must not collide with
+RESERVED = {"zeroshot", "retrieval", "tasks", "prompts", "curated", "cells", "tables", "plots", "world",
+            "benchmarks", "preflight"}
 
 
 @dataclass(frozen=True)
 class Source:
     name: str
+    kind: str  # the built-in definition it is an instance of (its own name for those)
     label: str  # in legends and tables
     color: str
     marker: str
     stage: str  # the stage whose rules make its images
-    images: Callable[[dict, str], dict[str, list[str] | str]]  # (config, task) -> {"shards", "manifests"}
-    candidates: Callable[[Any], Any]  # its manifests' rows (a DataFrame) -> curation candidates
-    storage_settings: Callable[[dict, str], dict]  # (config, task) -> the settings that say how it stores images
-    storage: Callable[[dict], Callable[[Any], bytes]]  # (those settings) -> PIL image -> the bytes it stores
-    shard_size: Callable[[dict, str], int]
-    config_problems: Callable[[dict, Callable[[str, str | None, str], None]], list[str]]
-    preflight: Callable[[dict], dict]  # (config) -> its entries of the preflight spec
+    images_fn: Callable[["Source", dict, str], dict]  # (config, task) -> {"shards", "manifests"}
+    candidates_fn: Callable[["Source", Any], Any] | None = None  # its manifests' rows -> curation candidates
+    storage_settings_fn: Callable[["Source", dict, str], dict] | None = None
+    storage_fn: Callable[[dict], Callable[[Any], bytes]] | None = None  # (settings) -> PIL image -> stored bytes
+    shard_size_fn: Callable[["Source", dict, str], int] | None = None
+    config_problems_fn: Callable[["Source", dict, Callable], list[str]] | None = None
+    preflight_fn: Callable[["Source", dict], dict] | None = None
+    cells_fn: Callable[["Source", dict], list[tuple[str, str, int]]] | None = None  # see cells()
+    selection_fn: Callable[["Source", dict, str, str], dict] | None = None  # see selection()
+    curation: str | None = "clip"
+    parents_fn: Callable[["Source", dict], tuple[str, ...]] | None = None
+
+    # ------------------------------------------------------------------ what the workflow asks
+
+    def settings(self, config: dict) -> dict:
+        """Its block of ``source_settings`` (empty where the config has none)."""
+        return dict((config.get("source_settings") or {}).get(self.name) or {})
+
+    def images(self, config: dict, task: str) -> dict:
+        return self.images_fn(self, config, task)
+
+    def candidates(self, manifest):
+        return self.candidates_fn(self, manifest)
+
+    def storage_settings(self, config: dict, task: str) -> dict:
+        return self.storage_settings_fn(self, config, task)
+
+    def storage(self, settings: dict):
+        if self.storage_fn is None:
+            raise ValueError(f"source {self.name!r} stores no incoming images (its images are not fetched or made)")
+        return self.storage_fn(settings)
+
+    def shard_size(self, config: dict, task: str) -> int:
+        return self.shard_size_fn(self, config, task) if self.shard_size_fn else 1000
+
+    def config_problems(self, config: dict, need) -> list[str]:
+        return self.config_problems_fn(self, config, need) if self.config_problems_fn else []
+
+    def preflight(self, config: dict) -> dict:
+        return self.preflight_fn(self, config) if self.preflight_fn else {}
+
+    def parents(self, config: dict) -> tuple[str, ...]:
+        """The sources whose curated images it draws on (mixed: the two it mixes); none for most."""
+        return self.parents_fn(self, config) if self.parents_fn else ()
+
+    def cells(self, config: dict) -> list[tuple[str, str, int]]:
+        """Its cells of the grid, ``(cell source, size, seed)``: the cell source is the name in the results
+        (a mixed source has one per ratio), the size ``n<images>`` or ``k<per class>`` / ``kall``."""
+        return (self.cells_fn or _scale_cells)(self, config)
+
+    def selection(self, config: dict, cell_source: str, size: str) -> dict:
+        """How a cell picks its training images from the curated manifests (``synret.curate.select_training``)."""
+        return (self.selection_fn or _nested_selection)(self, config, cell_source, size)
+
+    def curated_sources(self, config: dict) -> tuple[str, ...]:
+        """The sources whose curated manifests its cells read."""
+        return self.parents(config) if self.curation is None else (self.name,)
+
+
+def grid_scales(src: Source, config: dict) -> list[int]:
+    return [int(n) for n in src.settings(config).get("scales") or config["scales"]]
+
+
+def grid_seeds(src: Source, config: dict) -> list[int]:
+    return [int(s) for s in src.settings(config).get("seeds") or config["seeds"]]
+
+
+def _scale_cells(src: Source, config: dict) -> list[tuple[str, str, int]]:
+    return [(src.name, f"n{n}", seed) for n in grid_scales(src, config) for seed in grid_seeds(src, config)]
+
+
+def _nested_selection(src: Source, config: dict, cell_source: str, size: str) -> dict:
+    return {"how": "nested", "scale": int(size[1:]), "source": src.name}
+
+
+def _curated_candidates(kind: str):
+    def candidates(src: Source, manifest):
+        return CANDIDATES[kind](manifest, src.name)
+
+    return candidates
 
 
 # ----------------------------------------------------------------------------- synthetic
@@ -52,17 +149,27 @@ def synthetic_shard_ids(config: dict, task: str) -> list[str]:
     return [f"{i:05d}" for i in range(shard_count(images, stage_settings(config, "synthetic", task)["shard_size"]))]
 
 
-def _synthetic_images(config: dict, task: str) -> dict:
+def generator_settings(src: Source, config: dict) -> dict:
+    """The generator a synthetic source samples from: the ``generator`` block, with its own overrides."""
+    return deep_merge(config["generator"], src.settings(config).get("generator"))
+
+
+def sampling_settings(src: Source, config: dict, task: str) -> dict:
+    """Its sampling settings for a task: the ``synthetic`` stage's (with the task's override), then its own."""
+    return deep_merge(stage_settings(config, "synthetic", task), src.settings(config).get("synthetic"))
+
+
+def _synthetic_images(src: Source, config: dict, task: str) -> dict:
     ids = synthetic_shard_ids(config, task)
-    return {"shards": [f"results/synthetic/{task}/shard-{i}.tar" for i in ids],
-            "manifests": [f"results/synthetic/{task}/shard-{i}.parquet" for i in ids]}
+    return {"shards": [f"results/{src.name}/{task}/shard-{i}.tar" for i in ids],
+            "manifests": [f"results/{src.name}/{task}/shard-{i}.parquet" for i in ids]}
 
 
-def _synthetic_candidates(manifest):
+def synthetic_candidates(manifest, name: str = "synthetic"):
     import pandas as pd
 
     return pd.DataFrame({
-        "key": manifest["key"], "label": manifest["label"].astype(int), "source": "synthetic",
+        "key": manifest["key"], "label": manifest["label"].astype(int), "source": name,
         "origin": manifest["prompt"], "query": None, "methods": "generator", "shard": manifest["shard"],
         "member": manifest["key"], "sha256": manifest["sha256"], "status": "success", "planted_from": None,
     })
@@ -83,47 +190,57 @@ def _synthetic_storage(settings: dict):
     return store
 
 
-def _synthetic_config_problems(config: dict, need) -> list[str]:
-    generator = config["generator"]["model"]
+def _synthetic_config_problems(src: Source, config: dict, need) -> list[str]:
+    problems = []
+    if "shard_size" in (src.settings(config).get("synthetic") or {}):
+        problems.append(f"config key 'source_settings.{src.name}.synthetic.shard_size': every generator shares the "
+                        "prompts' shards; set synthetic.shard_size instead")
+    generator = generator_settings(src, config)["model"]
     if _is_local_path(generator):
-        need("generator.model", generator, "generator directory")
-    return []
+        key = "generator.model" if generator == config["generator"]["model"] else f"source_settings.{src.name}.generator.model"
+        need(key, generator, "generator directory")
+    return problems
 
 
-def _synthetic_preflight(config: dict) -> dict:
+def _synthetic_preflight(src: Source, config: dict) -> dict:
     from .preflight import caption_file_spec
 
     tasks = config["tasks"]
     llms = [stage_settings(config, "prompts", t).get("llm") or {} for t in tasks]  # captioning LLMs, if any
     models = sorted({(m["model"], m.get("cache_dir")) for m in llms if m.get("model")}, key=str)
-    return {"generator": {k: config["generator"].get(k) for k in ("model", "cache_dir")},
+    generator = generator_settings(src, config)
+    return {"generators": {src.name: {k: generator.get(k) for k in ("model", "cache_dir")}},
             "llms": [{"model": m, "cache_dir": c} for m, c in models],
             "caption_files": caption_file_spec(config)}
 
 
 SYNTHETIC = Source(
-    name="synthetic", label="synthetic (generated)", color="#d62728", marker="s", stage="synthetic",
-    images=_synthetic_images, candidates=_synthetic_candidates,
-    storage_settings=lambda config, task: stage_settings(config, "synthetic", task), storage=_synthetic_storage,
-    shard_size=lambda config, task: stage_settings(config, "synthetic", task)["shard_size"],
-    config_problems=_synthetic_config_problems, preflight=_synthetic_preflight,
+    name="synthetic", kind="synthetic", label="synthetic (generated)", color="#d62728", marker="s", stage="synthetic",
+    images_fn=_synthetic_images, candidates_fn=_curated_candidates("synthetic"),
+    storage_settings_fn=sampling_settings, storage_fn=_synthetic_storage,
+    shard_size_fn=lambda src, config, task: sampling_settings(src, config, task)["shard_size"],
+    config_problems_fn=_synthetic_config_problems, preflight_fn=_synthetic_preflight,
 )
 
 
 # ----------------------------------------------------------------------------- retrieved
 
 
-def _retrieved_images(config: dict, task: str) -> dict:
+def _retrieved_images(src: Source, config: dict, task: str) -> dict:
     return {"shards": f"results/retrieval/{task}/download",
             "manifests": f"results/retrieval/{task}/download_manifest.parquet"}
 
 
-def _retrieved_candidates(manifest):
+def pool_candidates(manifest, name: str = "retrieved", key_prefix: str = "r"):
+    """Downloaded pool items as candidates: one row per (item, label); ``label`` -1 where the curation
+    labels them (the random source)."""
     import pandas as pd
 
+    labelled = manifest["label"].astype(int)
+    keys = key_prefix + manifest["id"].astype(str)
     return pd.DataFrame({
-        "key": "r" + manifest["id"].astype(str) + "-c" + manifest["label"].astype(str),
-        "label": manifest["label"].astype(int), "source": "retrieved", "origin": manifest["url"],
+        "key": keys.where(labelled < 0, keys + "-c" + labelled.astype(str)),
+        "label": labelled, "source": name, "origin": manifest["url"],
         "query": manifest["query"], "methods": manifest["methods"], "shard": manifest["shard"],
         "member": manifest["key"], "sha256": manifest["sha256"], "status": manifest["status"],
         # where the pool says so (pool.columns.planted_from): the evaluation image this item copies
@@ -131,7 +248,7 @@ def _retrieved_candidates(manifest):
     })
 
 
-def _retrieved_storage(settings: dict):
+def _download_storage(settings: dict):
     """Through img2dataset's own resizer with the image_size, resize_mode and encode_format of
     ``retrieval.download``, as a download stores an image."""
     from img2dataset.resizer import Resizer
@@ -153,11 +270,22 @@ def _retrieved_storage(settings: dict):
     return store
 
 
-def _retrieved_config_problems(config: dict, need) -> list[str]:
-    problems = []
+def _pool_problems(config: dict) -> list[str]:
     pool = config["pool"]
     if not produced_by_world(config, pool["metadata"]) and not glob.glob(pool["metadata"]):
-        problems.append(f"config key 'pool.metadata': no files match {pool['metadata']!r}")
+        return [f"config key 'pool.metadata': no files match {pool['metadata']!r}"]
+    return []
+
+
+def _serve_problems(config: dict, need) -> list[str]:
+    if config["pool"].get("serve"):
+        need("pool.serve.root", config["pool"]["serve"]["root"], "served folder")
+    return []
+
+
+def _retrieved_config_problems(src: Source, config: dict, need) -> list[str]:
+    problems = _pool_problems(config) + _serve_problems(config, need)
+    pool = config["pool"]
     if any(stage_settings(config, "retrieval", t)["knn"]["enabled"] for t in config["tasks"]):
         if pool.get("knn_index") and pool.get("knn_service"):
             problems.append("config keys 'pool.knn_index' and 'pool.knn_service': set one kNN backend, not both")
@@ -165,8 +293,6 @@ def _retrieved_config_problems(config: dict, need) -> list[str]:
             problems.append("config key 'pool.knn_index': kNN retrieval is enabled but neither an index "
                             "nor 'pool.knn_service' is set")
         need("pool.knn_index", pool.get("knn_index"), "kNN index folder")
-    if pool.get("serve"):
-        need("pool.serve.root", pool["serve"]["root"], "served folder")
     for task in config["tasks"]:
         retrieval = stage_settings(config, "retrieval", task)
         if not (retrieval["knn"]["enabled"] or retrieval["substring"]["enabled"]):
@@ -174,10 +300,14 @@ def _retrieved_config_problems(config: dict, need) -> list[str]:
     return problems
 
 
-def _retrieved_preflight(config: dict) -> dict:
+def _pool_preflight(config: dict) -> dict:
+    return {"pool": {k: config["pool"].get(k) for k in ("metadata", "columns", "knn_index", "knn_service")}}
+
+
+def _retrieved_preflight(src: Source, config: dict) -> dict:
     retrieval = [stage_settings(config, "retrieval", t) for t in config["tasks"]]
     modalities = sorted({m for r in retrieval if r["knn"]["enabled"] for m in r["knn"]["modalities"]})
-    spec = {"pool": {k: config["pool"].get(k) for k in ("metadata", "columns", "knn_index", "knn_service")},
+    spec = {**_pool_preflight(config),
             "retrieval": {"substring": any(r["substring"]["enabled"] for r in retrieval),
                           "knn_modalities": modalities}}
     service = config["pool"].get("knn_service") or {}
@@ -186,37 +316,310 @@ def _retrieved_preflight(config: dict) -> dict:
     return spec
 
 
+def _download_settings(src: Source, config: dict, task: str) -> dict:
+    return stage_settings(config, "retrieval", task)["download"]
+
+
 RETRIEVED = Source(
-    name="retrieved", label="retrieved (real)", color="#1f77b4", marker="o", stage="retrieval",
-    images=_retrieved_images, candidates=_retrieved_candidates,
-    storage_settings=lambda config, task: stage_settings(config, "retrieval", task)["download"],
-    storage=_retrieved_storage,
-    shard_size=lambda config, task: stage_settings(config, "retrieval", task)["download"]["shard_size"],
-    config_problems=_retrieved_config_problems, preflight=_retrieved_preflight,
+    name="retrieved", kind="retrieved", label="retrieved (real)", color="#1f77b4", marker="o", stage="retrieval",
+    images_fn=_retrieved_images, candidates_fn=_curated_candidates("retrieved"),
+    storage_settings_fn=_download_settings, storage_fn=_download_storage,
+    shard_size_fn=lambda src, config, task: _download_settings(src, config, task)["shard_size"],
+    config_problems_fn=_retrieved_config_problems, preflight_fn=_retrieved_preflight,
 )
+
+
+# ----------------------------------------------------------------------------- random
+
+
+RANDOM_DEFAULTS = {"pool_sample": 1000, "seed": 0}
+
+
+def random_settings(src: Source, config: dict) -> dict:
+    """How many pool items it draws per task (``pool_sample``) and with which ``seed``."""
+    return {**RANDOM_DEFAULTS, **{k: v for k, v in src.settings(config).items() if k in RANDOM_DEFAULTS}}
+
+
+def _random_images(src: Source, config: dict, task: str) -> dict:
+    return {"shards": f"results/{src.name}/{task}/download",
+            "manifests": f"results/{src.name}/{task}/download_manifest.parquet"}
+
+
+def _random_config_problems(src: Source, config: dict, need) -> list[str]:
+    return _pool_problems(config) + _serve_problems(config, need)
+
+
+RANDOM = Source(
+    name="random", kind="random", label="random pool sample (zero-shot labels)", color="#7f7f7f", marker="v",
+    stage="random", images_fn=_random_images, candidates_fn=_curated_candidates("random"),
+    storage_settings_fn=_download_settings, storage_fn=_download_storage,
+    shard_size_fn=lambda src, config, task: _download_settings(src, config, task)["shard_size"],
+    config_problems_fn=_random_config_problems, preflight_fn=lambda src, config: _pool_preflight(config),
+)
+
+
+# ----------------------------------------------------------------------------- real
+
+
+REAL_PER_CLASS = [1, 4, 16, "all"]
+
+
+def real_per_class(src: Source, config: dict) -> list:
+    """Its training images per class (``per_class``: counts, or ``all``)."""
+    return list(src.settings(config).get("per_class") or REAL_PER_CLASS)
+
+
+def _real_images(src: Source, config: dict, task: str) -> dict:
+    return {"shards": [], "manifests": f"results/tasks/{task}/train.parquet"}
+
+
+def real_candidates(train, name: str = "real"):
+    """A task's training split as candidates: the image files themselves (``shard`` None, ``member`` the path)."""
+    import pandas as pd
+
+    return pd.DataFrame({
+        "key": train["key"].astype(str), "label": train["label"].astype(int), "source": name,
+        "origin": train["path"], "query": None, "methods": "task_train_split", "shard": None, "member": train["path"],
+        "sha256": None, "status": "success", "planted_from": None,
+    })
+
+
+def _real_cells(src: Source, config: dict) -> list[tuple[str, str, int]]:
+    return [(src.name, f"k{k}", seed) for k in real_per_class(src, config) for seed in grid_seeds(src, config)]
+
+
+def _real_selection(src: Source, config: dict, cell_source: str, size: str) -> dict:
+    k = size[1:]
+    return {"how": "per_class", "per_class": None if k == "all" else int(k), "source": src.name}
+
+
+REAL = Source(
+    name="real", kind="real", label="real (the task's own training images)", color="#2ca02c", marker="D",
+    stage="tasks", images_fn=_real_images, candidates_fn=_curated_candidates("real"), curation="all",
+    cells_fn=_real_cells, selection_fn=_real_selection,
+)
+
+
+# ----------------------------------------------------------------------------- mixed
+
+
+MIXED_DEFAULTS = {"of": ["synthetic", "retrieved"], "ratios": [0.25, 0.5, 0.75]}
+
+
+def mix_settings(src: Source, config: dict) -> dict:
+    """``of``: the two sources it mixes; ``ratios``: the shares of the second."""
+    s = src.settings(config)
+    return {"of": list(s.get("of") or MIXED_DEFAULTS["of"]), "ratios": list(s.get("ratios") or MIXED_DEFAULTS["ratios"])}
+
+
+def ratio_name(ratio: float) -> str:
+    """A share of the second source as a percentage without trailing zeros (0.25 -> '25', 0.125 -> '12.5')."""
+    return f"{ratio * 100:.6g}"
+
+
+def mixed_cell_source(name: str, ratio: float) -> str:
+    return f"{name}-{ratio_name(ratio)}"
+
+
+def _mixed_cells(src: Source, config: dict) -> list[tuple[str, str, int]]:
+    return [(mixed_cell_source(src.name, r), f"n{n}", seed) for r in mix_settings(src, config)["ratios"]
+            for n in grid_scales(src, config) for seed in grid_seeds(src, config)]
+
+
+def split_total(total: int, ratio: float) -> tuple[int, int]:
+    """(images of the first source, images of the second) at a total and a share of the second."""
+    second = int(round(total * ratio))
+    return total - second, second
+
+
+def _mixed_selection(src: Source, config: dict, cell_source: str, size: str) -> dict:
+    settings = mix_settings(src, config)
+    ratio = next(r for r in settings["ratios"] if mixed_cell_source(src.name, r) == cell_source)
+    first, second = settings["of"]
+    n_first, n_second = split_total(int(size[1:]), ratio)
+    return {"how": "mix", "ratio": ratio, "parts": {first: n_first, second: n_second}}
+
+
+def _mixed_problems(src: Source, config: dict, need) -> list[str]:
+    settings = mix_settings(src, config)
+    key = f"source_settings.{src.name}"
+    problems = []
+    if len(settings["of"]) != 2 or len(set(settings["of"])) != 2:
+        return [f"config key '{key}.of': name two different sources to mix"]
+    for parent in settings["of"]:
+        try:
+            kind = source(parent, config)
+        except ConfigError:
+            problems.append(f"config key '{key}.of': unknown source {parent!r}")
+            continue
+        if kind.curation is None:
+            problems.append(f"config key '{key}.of': {parent!r} has no curated images of its own to mix")
+        else:
+            problems += kind.config_problems(config, need) if parent not in config["sources"] else []
+    bad = [r for r in settings["ratios"] if not 0 < r < 1]
+    if bad:
+        problems.append(f"config key '{key}.ratios': shares of the second source must lie strictly between 0 and 1 "
+                        f"(0 and 1 are the two sources' own cells), got {bad}")
+    return problems
+
+
+MIXED = Source(
+    name="mixed", kind="mixed", label="mixed", color="#9467bd", marker="P", stage="finetune",
+    images_fn=lambda src, config, task: _union_images(config, task, mix_settings(src, config)["of"]),
+    curation=None, parents_fn=lambda src, config: tuple(mix_settings(src, config)["of"]),
+    cells_fn=_mixed_cells, selection_fn=_mixed_selection, config_problems_fn=_mixed_problems,
+    preflight_fn=lambda src, config: {},
+)
+
+
+def _union_images(config: dict, task: str, names) -> dict:
+    shards, manifests = [], []
+    for name in names:
+        images = source(name, config).images(config, task)
+        for out, value in ((shards, images["shards"]), (manifests, images["manifests"])):
+            out.extend([value] if isinstance(value, str) else value)
+    return {"shards": shards, "manifests": manifests}
 
 
 # ----------------------------------------------------------------------------- the registry
 
-SOURCES: dict[str, Source] = {s.name: s for s in (SYNTHETIC, RETRIEVED)}
+CANDIDATES = {"synthetic": synthetic_candidates, "retrieved": pool_candidates,
+              "random": lambda manifest, name: pool_candidates(manifest, name, key_prefix="p"),
+              "real": real_candidates}
+
+SOURCES: dict[str, Source] = {s.name: s for s in (SYNTHETIC, RETRIEVED, MIXED, REAL, RANDOM)}
+INSTANCE_KINDS = ("synthetic", "mixed", "real", "random")  # kinds a config may instantiate under another name
+COLORS = ["#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939"]
 
 
-def source(name: str) -> Source:
-    """The definition of a source; an unknown name is a config error naming the known ones."""
-    try:
-        return SOURCES[name]
-    except KeyError:
-        raise ConfigError(f"config key 'sources': unknown source {name!r}; known sources: "
-                          f"{', '.join(SOURCES)}") from None
+def instance(name: str, settings: dict) -> Source:
+    """A config's own source: a copy of a kind's definition under another name (``source_settings.<name>``)."""
+    kind = settings.get("kind")
+    if kind not in INSTANCE_KINDS:
+        raise ConfigError(f"config key 'source_settings.{name}.kind': {kind!r} is not one of "
+                          f"{', '.join(INSTANCE_KINDS)}")
+    base = SOURCES[kind]
+    color = COLORS[sum(map(ord, name)) % len(COLORS)]
+    return dataclasses.replace(base, name=name, label=settings.get("label") or name, color=color, marker="X")
 
 
-def source_style(name: str) -> dict:
-    """How plots draw a source: its colour, marker and label (a name not defined here: its name, default style)."""
-    s = SOURCES.get(name)
-    return {"color": s.color, "marker": s.marker, "label": s.label} if s else {"label": name}
+def source(name: str, config: dict | None = None) -> Source:
+    """The definition of a source (a built-in one, or one of the config's ``source_settings`` with a
+    ``kind``); an unknown name is a config error naming the known ones."""
+    settings = ((config or {}).get("source_settings") or {}).get(name) or {}
+    if settings.get("kind") and name not in SOURCES:
+        return instance(name, settings)
+    if name in SOURCES:
+        src = SOURCES[name]
+        return dataclasses.replace(src, label=settings["label"]) if settings.get("label") else src
+    own = sorted(n for n, s in ((config or {}).get("source_settings") or {}).items() if (s or {}).get("kind"))
+    raise ConfigError(f"config key 'sources': unknown source {name!r}; known sources: "
+                      f"{', '.join([*SOURCES, *own])} (or a source_settings entry with a kind)")
+
+
+def source_style(name: str, config: dict | None = None) -> dict:
+    """How plots draw a cell source: its colour, marker and label (a mixed ratio: its family's style;
+    a name not defined here: its name, default style)."""
+    family = name.rsplit("-", 1)[0]
+    for candidate in (name, family):
+        try:
+            s = source(candidate, config)
+        except ConfigError:
+            continue
+        label = s.label if candidate == name else f"{s.label} {name[len(family) + 1:]}%"
+        return {"color": s.color, "marker": s.marker, "label": label}
+    return {"label": name}
 
 
 def sources_of(config: dict) -> list[Source]:
     """The definitions of the sources the config runs, in its order."""
-    return [source(name) for name in config["sources"]]
+    return [source(name, config) for name in config["sources"]]
 
+
+def curated_sources_of(config: dict) -> list[Source]:
+    """Every source with a curated manifest the grid needs: those it runs and those they draw on, in order."""
+    names: list[str] = []
+    for src in sources_of(config):
+        for name in (*src.parents(config), src.name):
+            if name not in names and source(name, config).curation is not None:
+                names.append(name)
+    return [source(name, config) for name in names]
+
+
+def synthetic_sources_of(config: dict) -> list[Source]:
+    return [s for s in curated_sources_of(config) if s.kind == "synthetic"]
+
+
+def random_sources_of(config: dict) -> list[Source]:
+    return [s for s in curated_sources_of(config) if s.kind == "random"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: str
+    source: str  # the cell source: the name in the results
+    size: str  # n<images>, k<per class>, kall; "" for zero-shot
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.task}/{self.source}" if not self.size else f"{self.task}/{self.source}/{self.size}/seed{self.seed}"
+
+
+def grid(config: dict) -> list[Cell]:
+    """Every cell of the config's grid, source by source in its order, then each task's zero-shot cell."""
+    from .config import ZEROSHOT
+
+    cells = [Cell(task, cell_source, size, seed) for task in config["tasks"] for src in sources_of(config)
+             for cell_source, size, seed in src.cells(config)]
+    return cells + [Cell(task, ZEROSHOT, "", 0) for task in config["tasks"]]
+
+
+def cell_sources(config: dict) -> dict[str, Source]:
+    """Each cell source of the grid (a mixed source's ratios each) with the source that defines it."""
+    out = {}
+    for src in sources_of(config):
+        for cell_source, _, _ in src.cells(config):
+            out.setdefault(cell_source, src)
+    return out
+
+
+def config_problems(config: dict) -> list[str]:
+    """Names and source_settings that do not make sense (unknown names are checked by check_config)."""
+    problems = []
+    settings = config.get("source_settings") or {}
+    for name, s in settings.items():
+        s = s or {}
+        if s.get("kind") and name in SOURCES and s["kind"] != name:
+            problems.append(f"config key 'source_settings.{name}.kind': {name!r} is a built-in source of kind {name!r}")
+        if not NAME.match(name) or name in RESERVED:
+            problems.append(f"config key 'source_settings.{name}': a source name is lower case letters, digits and _ "
+                            f"and not one of {', '.join(sorted(RESERVED))}")
+        elif s.get("kind") and s["kind"] not in INSTANCE_KINDS:
+            problems.append(f"config key 'source_settings.{name}.kind': {s['kind']!r} is not one of "
+                            f"{', '.join(INSTANCE_KINDS)}")
+    return problems
+
+
+def aggregate_grid(config: dict) -> dict:
+    """What the aggregate job needs to know about the grid, in canonical form: the cells' ids, the cell
+    sources in order, the sources with curated sets, which are real, each mix's share and sources, and the
+    contrast the paired plot shows (retrieved minus synthetic where both run)."""
+    from .config import canonical
+
+    names = list(cell_sources(config))
+    mixes = {}
+    for src in sources_of(config):
+        if src.kind == "mixed":
+            settings = mix_settings(src, config)
+            for ratio in settings["ratios"]:
+                mixes[mixed_cell_source(src.name, ratio)] = {"ratio": ratio, "of": settings["of"]}
+    if "retrieved" in names and "synthetic" in names:
+        contrast = ["retrieved", "synthetic"]
+    else:
+        contrast = [names[-1], names[0]] if len(names) > 1 else [names[0], "zeroshot"]
+    return canonical({
+        "tasks": config["tasks"], "sources": names, "cells": [cell.id for cell in grid(config)],
+        "curated": [s.name for s in curated_sources_of(config)],
+        "real": [s.name for s in sources_of(config) if s.kind == "real"], "mixes": mixes, "contrast": contrast,
+    })

@@ -219,3 +219,56 @@ def seed_image_interval(correct: np.ndarray, labels: np.ndarray, n_classes: int,
         half = quantile * np.sqrt(total)
         out[f"{metric}_lo"], out[f"{metric}_hi"], out[f"{metric}_df"] = value - half, value + half, float(df)
     return out
+
+
+# ----------------------------------------------------------------------------- exchange rates
+
+
+def interpolate_curve(x: np.ndarray, y: np.ndarray, value: float) -> float:
+    """Where a curve of accuracy ``y`` over training images per class ``x`` (ascending) reaches ``value``:
+    linear in log x between the points around it, on the curve made monotone (each point the best so
+    far: more real images never count as worse); ``-inf`` below its first point, ``inf`` above its best."""
+    y = np.maximum.accumulate(np.asarray(y, dtype=float))
+    lx = np.log(np.asarray(x, dtype=float))
+    if value < y[0]:
+        return -np.inf
+    if value > y[-1]:
+        return np.inf
+    i = int(np.searchsorted(y, value, side="left"))
+    if i == 0 or y[i] == y[i - 1]:
+        return float(np.exp(lx[i]))
+    t = (value - y[i - 1]) / (y[i] - y[i - 1])
+    return float(np.exp(lx[i - 1] + t * (lx[i] - lx[i - 1])))
+
+
+def equivalent_real(correct: np.ndarray, curve: list[tuple[float, np.ndarray]], cfg: BootstrapConfig,
+                    *name: object) -> dict:
+    """How many real training images per class give the same top-1 as ``correct`` (seeds x test images):
+    the real source's curve (``curve``: per-class count, its seeds x the same images) read backwards.
+
+    The interval resamples the test images (one draw for the cell and the whole curve: they share the
+    test set) and each side's seeds, and reads the curve backwards in every draw (percentiles). A value
+    below the curve's first point is ``-inf`` (worth fewer real images than the fewest tried), above its
+    best ``inf``; an interval end beyond the curve likewise.
+    """
+    correct = np.atleast_2d(np.asarray(correct, dtype=float))
+    curve = sorted(((float(x), np.atleast_2d(np.asarray(c, dtype=float))) for x, c in curve), key=lambda p: p[0])
+    if len(curve) < 2:
+        raise ValueError("an exchange rate needs the real source at two or more per-class counts")
+    xs = np.array([x for x, _ in curve])
+    n_images = correct.shape[1]
+    point = interpolate_curve(xs, np.array([c.mean() for _, c in curve]), float(correct.mean()))
+    rng = cfg.rng("equivalent_real", *name)
+    draws = []
+    for _ in range(cfg.resamples):
+        weights = rng.multinomial(n_images, np.full(n_images, 1 / n_images)) / n_images
+
+        def accuracy(m: np.ndarray) -> float:
+            rows = m[rng.integers(0, len(m), len(m))]
+            return float(rows.mean(axis=0) @ weights)
+
+        draws.append(interpolate_curve(xs, np.array([accuracy(c) for _, c in curve]), accuracy(correct)))
+    alpha = 1 - cfg.confidence
+    lo, hi = np.quantile(np.array(draws), [alpha / 2, 1 - alpha / 2], method="inverted_cdf")
+    return {"per_class": point, "per_class_lo": float(lo), "per_class_hi": float(hi),
+            "curve_min": float(xs[0]), "curve_max": float(xs[-1])}

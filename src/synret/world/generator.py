@@ -212,6 +212,8 @@ class GeneratorConfig:
     # top fraction, before drawing max_images: as SD's training data was LAION filtered by CLIP score and
     # then its best subsets (laion-aesthetics); None: every pair
     caption_filter_top: float | None = None
+    # name -> UNet step: the pipeline as it was after that many steps is saved too (a less trained generator)
+    snapshots: dict[str, int] | None = None
 
 
 # ----------------------------------------------------------------------------- models
@@ -366,8 +368,10 @@ def sample_timesteps(cfg: GeneratorConfig, gen: torch.Generator) -> torch.Tensor
 
 
 def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
-               cfg: GeneratorConfig, gen: torch.Generator, log: Log) -> tuple[torch.nn.Module, dict]:
-    """Train the UNet to predict v on scaled latents; returns the EMA copy and stats."""
+               cfg: GeneratorConfig, gen: torch.Generator, log: Log,
+               snapshots: dict[str, torch.nn.Module] | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train the UNet to predict v on scaled latents; returns the EMA copy and stats. ``snapshots`` is
+    filled with a copy of the EMA weights after each step that ``cfg.snapshots`` names."""
     scheduler = build_train_scheduler(cfg)
     # Min-SNR-gamma weighting (Hang et al. 2023): for v-prediction, min(snr, gamma) / (snr + 1)
     snr = scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)
@@ -395,6 +399,10 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, ids: torch.Tensor, emp
         torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.unet_grad_clip)
         opt.step()
         ema_update(ema, unet, step, cfg.ema_decay)
+        for name, at in (cfg.snapshots or {}).items():
+            if step + 1 == at and snapshots is not None:
+                snapshots[name] = copy.deepcopy(ema)
+                log(f"snapshot {name!r} after {at} UNet steps")
         losses.append(loss.item())
         if step % cfg.log_every == 0 or step == cfg.unet_steps - 1:
             log(f"unet step {step:5d}/{cfg.unet_steps}  loss {loss.item():.4f}")
@@ -433,6 +441,7 @@ def train_generator(
     out_dir: str,
     cfg: GeneratorConfig,
     log: Log = print,
+    snapshot_dirs: dict[str, str] | None = None,
 ) -> dict:
     """Train VAE and UNet on (images, captions) and save a ``StableDiffusionPipeline`` to ``out_dir``.
 
@@ -485,7 +494,12 @@ def train_generator(
     # UNet: train on scaled latents, keep the EMA weights
     t0 = time.perf_counter()
     unet = build_unet(cfg, text_encoder.config.hidden_size)
-    ema_unet, unet_stats = train_unet(unet, text_encoder, latents / latent_std, ids, empty_ids, cfg, gen, log)
+    late = {name: at for name, at in (cfg.snapshots or {}).items() if at > cfg.unet_steps}
+    if late:
+        raise ValueError(f"config key 'world.generator.snapshots': steps {late} lie beyond unet_steps {cfg.unet_steps}")
+    snapshots: dict[str, torch.nn.Module] = {}
+    ema_unet, unet_stats = train_unet(unet, text_encoder, latents / latent_std, ids, empty_ids, cfg, gen, log,
+                                      snapshots)
     stats.update(unet_stats, unet_seconds=time.perf_counter() - t0)
     log(f"unet done in {stats['unet_seconds']:.1f}s")
 
@@ -493,6 +507,9 @@ def train_generator(
     t0 = time.perf_counter()
     pipe = build_pipeline(vae, text_encoder, tokenizer, ema_unet, cfg)
     pipe.save_pretrained(out_dir, safe_serialization=True)
+    for name, snapshot_unet in snapshots.items():  # the same pipeline with the UNet as it was then
+        build_pipeline(vae, text_encoder, tokenizer, snapshot_unet, cfg).save_pretrained(
+            (snapshot_dirs or {}).get(name, f"{out_dir}_{name}"), safe_serialization=True)
     stats.update(
         save_seconds=time.perf_counter() - t0,
         total_seconds=time.perf_counter() - t_start,
