@@ -17,6 +17,7 @@ from synret.aggregate import (
     PAIRED_COLUMNS,
     SUMMARY_COLUMNS,
     TABLE_COLUMNS,
+    EXCHANGE_COLUMNS,
     Predictions,
     collect,
     compare,
@@ -352,3 +353,42 @@ def test_source_table_reports_label_fidelity_next_to_zero_shot(grid, tmp_path):
     leaky = sources[(sources["task"] == "shapes") & (sources["source"] == "retrieved")].iloc[0]
     assert (leaky["planted_copies"], leaky["planted_copy_recall"], leaky["planted_copies_kept"]) == (8, 0.75, 1)
     assert leaky["shortfall"] == max(0, largest - 60)
+
+
+def test_exchange_rates_read_the_real_curve_backwards(tmp_path):
+    """A point as good as the real source at 4 images a class is worth 4 real images a class; one above the
+    real curve's best is worth more than it measured (inf); the table says what one image is worth."""
+    from synret.aggregate import exchange_table
+
+    n = N_TEST["shapes"]
+    order = np.random.default_rng(0).permutation(n)
+
+    def correct(accuracy, source):  # the real cells right on the same images, the others on their own
+        c = np.zeros(n, bool)
+        mine = order if source == "real" else np.random.default_rng(len(source)).permutation(n)
+        c[mine[: int(round(accuracy * n))]] = True
+        return c
+
+    accuracy = {("real", 10): 0.3, ("real", 40): 0.5, ("real", 160): 0.7, ("synthetic", 100): 0.5,
+                ("retrieved", 100): 0.9}
+    cells, paths, files = [], [], []
+    for (source, scale), acc in accuracy.items():
+        for seed in (0, 1):
+            cell = ("shapes", source, scale, seed)
+            folder = tmp_path / f"{source}{scale}-{seed}"
+            folder.mkdir()
+            size = f"k{scale // 10}" if source == "real" else f"n{scale}"
+            (folder / "metrics.json").write_text(json.dumps(_metrics(*cell, top1=acc, size=size)))
+            pq.write_table(_prediction_table("shapes", correct(acc, source)), folder / "predictions.parquet")
+            cells.append(f"shapes/{source}/{size}/seed{seed}")
+            paths.append(folder / "metrics.json")
+            files.append((cell, folder / "predictions.parquet"))
+    table = collect(paths, expected=cells)
+    assert set(table["size"]) == {"k1", "k4", "k16", "n100"}
+    rates = exchange_table(table, Predictions(files, CLASSES), ["real"], BOOT).set_index("source")
+    assert list(rates.columns) == [c for c in EXCHANGE_COLUMNS if c != "source"]
+    synthetic = rates.loc["synthetic"]
+    assert synthetic["real_per_class"] == pytest.approx(4.0)
+    assert synthetic["real_per_class_lo"] < 4.0 < synthetic["real_per_class_hi"]
+    assert synthetic["real_images"] == pytest.approx(40) and synthetic["real_images_per_image"] == pytest.approx(0.4)
+    assert rates.loc["retrieved", "real_per_class"] == np.inf and rates.loc["retrieved", "real_curve_max"] == 16

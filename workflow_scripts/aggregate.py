@@ -41,10 +41,10 @@ def main(smk, log):
 
     lines = summary[~summary["source"].isin(grid["mixes"])]  # a mix is one point a total: its own plot
     for task, path in zip(grid["tasks"], smk.output.plots):
-        plot_task(lines, task, path)
+        plot_task(lines, task, path, styles=grid["styles"])
     for task, path in zip(grid["tasks"], smk.output.mix_plots):
         plot_mix(summary, task, grid["mixes"], path)
-    plot_summary(lines, grid["tasks"], smk.output.summary)
+    plot_summary(lines, grid["tasks"], smk.output.summary, styles=grid["styles"])
     later, earlier = grid["contrast"]
     plot_paired(paired, grid["tasks"], smk.output.paired, later, earlier)
     short = summary[summary["short"]]

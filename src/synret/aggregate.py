@@ -314,7 +314,7 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> None:
 # ----------------------------------------------------------------------------- figures
 
 
-def _plot_axes(ax, summary: pd.DataFrame, task: str, metric: str) -> None:
+def _plot_axes(ax, summary: pd.DataFrame, task: str, metric: str, styles: dict | None = None) -> None:
     import matplotlib.ticker
 
     rows = summary[summary["task"] == task]
@@ -323,7 +323,7 @@ def _plot_axes(ax, summary: pd.DataFrame, task: str, metric: str) -> None:
     groups = list(cells.groupby("source", sort=True))
     for i, (source, group) in enumerate(groups):
         group = group.sort_values("scale")
-        style = source_style(source)
+        style = (styles or {}).get(source) or source_style(source)
         dodge = 1 + 0.04 * (i - (len(groups) - 1) / 2)  # side by side on the log axis, so no interval hides another
         x, y = group["n_train"].to_numpy(float) * dodge, group[metric].to_numpy(float)
         lo, hi = group[f"{metric}_lo"].to_numpy(float), group[f"{metric}_hi"].to_numpy(float)
@@ -358,6 +358,10 @@ def _plot_axes(ax, summary: pd.DataFrame, task: str, metric: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
 
 
+def note_needed(summary: pd.DataFrame, tasks: Sequence[str]) -> bool:
+    return _short_note(summary, tasks) is not None
+
+
 def _short_note(summary: pd.DataFrame, tasks: Sequence[str]) -> str | None:
     short = summary[summary["short"] & summary["task"].isin(tasks)]
     if not len(short):
@@ -366,7 +370,7 @@ def _short_note(summary: pd.DataFrame, tasks: Sequence[str]) -> str | None:
     return f"hollow markers: fewer images than the scale: {cells}"
 
 
-def plot_task(summary: pd.DataFrame, task: str, path: str | Path, metric: str = "top1") -> None:
+def plot_task(summary: pd.DataFrame, task: str, path: str | Path, metric: str = "top1", styles: dict | None = None) -> None:
     """Accuracy against the number of training images: a line per source (mean over seeds with its
     95% interval), zero-shot as a reference band."""
     import matplotlib
@@ -375,7 +379,7 @@ def plot_task(summary: pd.DataFrame, task: str, path: str | Path, metric: str = 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
-    _plot_axes(ax, summary, task, metric)
+    _plot_axes(ax, summary, task, metric, styles)
     ax.legend(fontsize=8)
     note = _short_note(summary, [task])
     if note:
@@ -385,7 +389,8 @@ def plot_task(summary: pd.DataFrame, task: str, path: str | Path, metric: str = 
     plt.close(fig)
 
 
-def plot_summary(summary: pd.DataFrame, tasks: Sequence[str], path: str | Path, metric: str = "top1") -> None:
+def plot_summary(summary: pd.DataFrame, tasks: Sequence[str], path: str | Path, metric: str = "top1",
+                 styles: dict | None = None) -> None:
     """All tasks side by side, like the paper's Figure 1, with intervals."""
     import matplotlib
 
@@ -398,7 +403,7 @@ def plot_summary(summary: pd.DataFrame, tasks: Sequence[str], path: str | Path, 
     rows = int(np.ceil(len(tasks) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), dpi=120, squeeze=False)
     for ax, task in zip(axes.flat, tasks):
-        _plot_axes(ax, summary, task, metric)
+        _plot_axes(ax, summary, task, metric, styles)
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
     legend = {}
@@ -406,13 +411,17 @@ def plot_summary(summary: pd.DataFrame, tasks: Sequence[str], path: str | Path, 
         for handle, label in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(label, handle)
     handles, labels = list(legend.values()), list(legend)
-    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=9, frameon=False)
+    ncol = max(1, min(len(labels), 4))
+    legend_rows = -(-len(labels) // ncol)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=9, frameon=False,
+               bbox_to_anchor=(0.5, 0.025 if note_needed(summary, tasks) else 0))
     seeds = int(summary["seeds"].max()) if len(summary) else 0
-    fig.suptitle(f"Synthetic vs retrieved training images (mean of {seeds} seed{'s' if seeds != 1 else ''}, 95% intervals)")
+    fig.suptitle(f"Accuracy by training-image source (mean of up to {seeds} seed{'s' if seeds != 1 else ''}, 95% intervals)")
     note = _short_note(summary, tasks)
     if note:
         fig.text(0.01, 0.005, note, fontsize=7, va="bottom", wrap=True)
-    fig.tight_layout(rect=(0, 0.08 if note else 0.06, 1, 0.95))
+    bottom = 0.035 * legend_rows * 3.4 / fig.get_figheight() * rows + (0.03 if note else 0.01)
+    fig.tight_layout(rect=(0, bottom, 1, 0.95))
     fig.savefig(path)
     plt.close(fig)
 

@@ -526,8 +526,10 @@ def source_style(name: str, config: dict | None = None) -> dict:
             s = source(candidate, config)
         except ConfigError:
             continue
-        label = s.label if candidate == name else f"{s.label} {name[len(family) + 1:]}%"
-        return {"color": s.color, "marker": s.marker, "label": label}
+        if candidate == name:
+            return {"color": s.color, "marker": s.marker, "label": s.label}
+        second = mix_settings(s, config or {})["of"][1] if s.kind == "mixed" else ""
+        return {"color": s.color, "marker": s.marker, "label": f"{s.label} ({name[len(family) + 1:]}% {second})".replace(" )", ")")}
     return {"label": name}
 
 
@@ -622,4 +624,5 @@ def aggregate_grid(config: dict) -> dict:
         "tasks": config["tasks"], "sources": names, "cells": [cell.id for cell in grid(config)],
         "curated": [s.name for s in curated_sources_of(config)],
         "real": [s.name for s in sources_of(config) if s.kind == "real"], "mixes": mixes, "contrast": contrast,
+        "styles": {name: source_style(name, config) for name in names},
     })
