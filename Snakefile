@@ -7,11 +7,14 @@
 #   preflight  (real data only) every model, dataset, pool and index the config names  results/preflight.json
 #   tasks      class names, templates, split manifests            results/tasks/{task}/
 #   prompts    generator prompts and retrieval queries            results/prompts/{task}/
-#   synthetic  generated webdataset shards + manifests            results/synthetic/{task}/
+#   synthetic  generated webdataset shards + manifests, per generator   results/{generator}/{task}/ (synthetic, ...)
 #   retrieval  kNN + substring hits, img2dataset download         results/retrieval/{task}/
+#              (and a random source's untargeted pool sample)     results/random/{task}/
 #   curate     CLIP-score filter, eval-set dedup, per source      results/curated/{task}/{source}/
-#   finetune   one cell per (task, source, scale, seed)           results/cells/{task}/{source}/n{scale}/seed{seed}/
-#   aggregate  the table and the figures                          results/tables/all.csv, results/plots/
+#   finetune   one cell per (task, source, size, seed)            results/cells/{task}/{source}/{size}/seed{seed}/
+#              size: n<images>, or k<per class> / kall for the task's own training images (source real)
+#   aggregate  the tables and the figures                         results/tables/*.csv, results/plots/
+# The sources (synthetic, more generators, retrieved, random, real, mixed) are defined in synret.sources.
 # Logs mirror the results under logs/, Snakemake benchmark records under results/benchmarks/.
 
 import os
