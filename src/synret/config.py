@@ -84,8 +84,10 @@ def stage_settings(config: dict, stage: str, task: str) -> dict:
 
 
 def task_definition(config: dict, task: str) -> dict:
-    """A task's own definition (dataset, templates, queries), without the stage overrides."""
+    """A task's own definition (dataset, templates, queries), without the stage overrides. Templates are
+    None where the config gives none (a clip_benchmark dataset's own template file provides them)."""
     spec = {k: v for k, v in config["task_settings"][task].items() if k not in STAGES}
+    spec.setdefault("templates", None)
     spec.setdefault("retrieval_templates", spec["templates"])
     spec.setdefault("filter_templates", spec["templates"])
     spec.setdefault("queries", {})

@@ -21,6 +21,7 @@ from typing import Any
 from .caption_files import download_hint
 from .config import HUB_ID, canonical, isc_weights_of, stage_settings, task_definition
 from .sources import sources_of
+from .clip_benchmark import TEMPLATES
 from .tasks import DOWNLOAD_HINTS, FORMATS, required_paths
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -189,12 +190,17 @@ def check_copydetect(key: str, path: str) -> list[Problem]:
 # ---------------------------------------------------------------- data
 
 
-def check_dataset(task: str, dataset: dict) -> list[Problem]:
-    key = f"task_settings.{task}.dataset.root"
+def check_dataset(task: str, dataset: dict, templates_file: bool = False, prefix: str | None = None) -> list[Problem]:
+    """A task's dataset (or, with ``prefix``, the dataset at that config key): every file its format needs,
+    and its template file where the config gives no templates (``templates_file``)."""
+    prefix = prefix or f"task_settings.{task}.dataset"
+    key = f"{prefix}.root"
     fmt = dataset["format"]
     if fmt not in FORMATS:
-        return [Problem(f"task_settings.{task}.dataset.format", f"unknown format {fmt!r}", ", ".join(FORMATS))]
+        return [Problem(f"{prefix}.format", f"unknown format {fmt!r}", ", ".join(FORMATS))]
     missing = [p for p in required_paths(dataset) if not os.path.exists(p)]
+    if templates_file:
+        missing += [p for p in [os.path.join(dataset["root"], TEMPLATES)] if not os.path.exists(p)]
     if not missing:
         return []
     shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
@@ -304,7 +310,7 @@ def preflight_problems(spec: dict[str, Any], endpoint: str | None = None) -> lis
         problems += check_causal_lm("prompts.llm.model", llm["model"], llm.get("cache_dir"), endpoint)
     problems += check_caption_files(spec.get("caption_files", []))
     for task, dataset in sorted(spec["datasets"].items()):
-        problems += check_dataset(task, dataset)
+        problems += check_dataset(task, dataset, task in spec.get("dataset_templates", []))
     if spec.get("pool"):
         problems += check_pool(spec["pool"], spec["retrieval"])
     for weights in spec.get("copydetect", []):
@@ -319,6 +325,9 @@ def preflight_spec(config: dict) -> dict:
         "clip": {k: config["clip"].get(k) for k in ("model", "pretrained", "cache_dir")},
         "datasets": {t: task_definition(config, t)["dataset"] for t in tasks},
     }
+    templated = [t for t in tasks if task_definition(config, t)["templates"] is None]
+    if templated:  # tasks whose templates come from their dataset's template file (clip_benchmark)
+        spec["dataset_templates"] = templated
     for source in sources_of(config):  # each source's models, pool and index
         spec.update(source.preflight(config))
     weights = {isc_weights_of(config, t) for t in tasks} - {None}  # the ISC dedup descriptor's, where used
