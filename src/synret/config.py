@@ -22,6 +22,7 @@ WORLD_PRODUCTS = {
     "index": f"{WORLD_DIR}/index",
     "pool": f"{WORLD_DIR}/pool",
     "datasets": f"{WORLD_DIR}/datasets",
+    "shifted": f"{WORLD_DIR}/shifted",  # each dataset's shifted test set, in CLIP_benchmark's layout
 }
 STAGES = ("prompts", "synthetic", "retrieval", "curate", "finetune", "evaluate")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -86,7 +87,7 @@ def stage_settings(config: dict, stage: str, task: str) -> dict:
 def task_definition(config: dict, task: str) -> dict:
     """A task's own definition (dataset, templates, queries), without the stage overrides. Templates are
     None where the config gives none (a clip_benchmark dataset's own template file provides them)."""
-    spec = {k: v for k, v in config["task_settings"][task].items() if k not in STAGES}
+    spec = {k: v for k, v in config["task_settings"][task].items() if k not in STAGES and k != "eval_sets"}
     spec.setdefault("templates", None)
     spec.setdefault("retrieval_templates", spec["templates"])
     spec.setdefault("filter_templates", spec["templates"])
@@ -94,6 +95,18 @@ def task_definition(config: dict, task: str) -> dict:
     spec["dataset"] = {"splits": {"train": "train", "val": "val", "test": "test"}, **spec["dataset"]}
     spec["dataset"]["splits"] = {"train": "train", "val": "val", "test": "test", **spec["dataset"]["splits"]}
     return canonical(spec)
+
+
+def _with_split_defaults(dataset: dict) -> dict:
+    return {**dataset, "splits": {"train": "train", "val": "val", "test": "test", **dataset.get("splits", {})}}
+
+
+def eval_sets_of(config: dict, task: str) -> dict:
+    """A task's extra evaluation sets (``task_settings.<task>.eval_sets``), defaults filled in: ``{name:
+    {dataset, split, classes}}`` (split ``test``, classes ``by_name``); empty where it names none."""
+    sets = config["task_settings"][task].get("eval_sets") or {}
+    return canonical({name: {"dataset": _with_split_defaults(spec["dataset"]), "split": spec.get("split", "test"),
+                             "classes": spec.get("classes", "by_name")} for name, spec in sets.items()})
 
 
 def _key_path(error) -> str:
@@ -171,6 +184,8 @@ def path_errors(config: dict) -> list[str]:
             problems += SOURCES[name].config_problems(config, need)
     for task in config["tasks"]:
         need(f"task_settings.{task}.dataset.root", config["task_settings"][task]["dataset"]["root"], "dataset root")
+        for name, spec in (config["task_settings"][task].get("eval_sets") or {}).items():
+            need(f"task_settings.{task}.eval_sets.{name}.dataset.root", spec["dataset"]["root"], "dataset root")
     for weights in sorted({isc_weights_of(config, t) for t in config["tasks"]} - {None}):
         need("curate.dedup.weights", weights, "ISC copy-detection weights file")
     return problems

@@ -259,6 +259,16 @@ def _clip_benchmark_rows(dataset: dict, split: str, images_dir: Path | None) -> 
     return classnames, paths, labels
 
 
+def clear_unpacked(folder: Path, root: str | Path) -> None:
+    """Remove a folder of images unpacked by an earlier run, never one that holds the dataset itself."""
+    folder, root = Path(folder).resolve(), Path(root).resolve()
+    if root == folder or folder in root.parents:
+        raise TaskDataError(f"dataset root {str(root)!r} lies inside {str(folder)!r}, where its images would be "
+                            "unpacked: move the dataset")
+    if folder.exists():
+        shutil.rmtree(folder)
+
+
 def dataset_templates(dataset: dict) -> list[str]:
     """The zero-shot templates a dataset ships (clip_benchmark: its template file)."""
     if dataset["format"] != "clip_benchmark":
@@ -406,8 +416,8 @@ def build_task(name: str, definition: dict[str, Any], out_dir: str | Path) -> di
     by_folders = dataset["format"] == "imagefolder" and not dataset.get("val_from_train")
     if not by_folders:
         images = out / "images"  # a clip_benchmark dataset's images, unpacked afresh on every run
-        if images.exists():
-            shutil.rmtree(images)
+        if dataset["format"] == "clip_benchmark":
+            clear_unpacked(images, dataset["root"])
         classnames, tables = load_benchmark_splits(dataset, images)
         for split, table in tables.items():
             pq.write_table(table, out / f"{split}.parquet")
