@@ -179,3 +179,19 @@ def test_a_cell_evaluates_each_set_with_predictions_restricted_to_its_classes(ti
     plain, _, _ = run_cell(task, cell, clip_cfg, {"test": test}, {"batch_size": 64, "splits": ["test"]},
                            log=lambda m: None)
     assert plain["eval_sets"] == {} and plain["top1"] == record["top1"]
+
+
+def test_the_preflight_checks_each_sets_dataset(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the model check is not this test's business
+    from synret.preflight import preflight_problems, preflight_spec
+
+    root = tmp_path / "wds_v2"
+    root.mkdir()
+    config = _config({"v2": {"dataset": {"format": "clip_benchmark", "root": str(root)}, "classes": "by_index"}})
+    spec = preflight_spec(config)
+    assert spec["eval_sets"] == {"shapes": {"v2": eval_sets_of(config, "shapes")["v2"]["dataset"]}}
+    assert "eval_sets" not in preflight_spec(yaml.safe_load((ROOT / "config.yaml").read_text()))
+    spec = {"clip": {"model": "RN50", "pretrained": None}, "datasets": {}, "eval_sets": spec["eval_sets"]}
+    problems = [p for p in preflight_problems(spec) if p.key.startswith("task_settings")]
+    assert [p.key for p in problems] == ["task_settings.shapes.eval_sets.v2.dataset.root"]
+    assert "classnames.txt" in problems[0].what and "test" in problems[0].what

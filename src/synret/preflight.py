@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .caption_files import download_hint
-from .config import HUB_ID, canonical, isc_weights_of, stage_settings, task_definition
+from .config import HUB_ID, canonical, eval_sets_of, isc_weights_of, stage_settings, task_definition
 from .sources import sources_of
 from .clip_benchmark import TEMPLATES
 from .tasks import DOWNLOAD_HINTS, FORMATS, required_paths
@@ -311,6 +311,9 @@ def preflight_problems(spec: dict[str, Any], endpoint: str | None = None) -> lis
     problems += check_caption_files(spec.get("caption_files", []))
     for task, dataset in sorted(spec["datasets"].items()):
         problems += check_dataset(task, dataset, task in spec.get("dataset_templates", []))
+    for task, sets in sorted(spec.get("eval_sets", {}).items()):  # the tasks' extra evaluation sets
+        for name, dataset in sorted(sets.items()):
+            problems += check_dataset(task, dataset, prefix=f"task_settings.{task}.eval_sets.{name}.dataset")
     if spec.get("pool"):
         problems += check_pool(spec["pool"], spec["retrieval"])
     for weights in spec.get("copydetect", []):
@@ -328,6 +331,9 @@ def preflight_spec(config: dict) -> dict:
     templated = [t for t in tasks if task_definition(config, t)["templates"] is None]
     if templated:  # tasks whose templates come from their dataset's template file (clip_benchmark)
         spec["dataset_templates"] = templated
+    sets = {t: {name: s["dataset"] for name, s in eval_sets_of(config, t).items()} for t in tasks}
+    if any(sets.values()):
+        spec["eval_sets"] = {t: named for t, named in sets.items() if named}
     for source in sources_of(config):  # each source's models, pool and index
         spec.update(source.preflight(config))
     weights = {isc_weights_of(config, t) for t in tasks} - {None}  # the ISC dedup descriptor's, where used
