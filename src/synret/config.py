@@ -252,3 +252,16 @@ def expected_cells(tasks, sources, scales, seeds) -> list[tuple]:
     """Every (task, source, scale, seed) the config defines, plus each task's zero-shot cell."""
     cells = [(t, s, int(n), int(r)) for t in tasks for s in sources for n in scales for r in seeds]
     return cells + [(t, ZEROSHOT, 0, 0) for t in tasks]
+
+
+def shifted_params(world: dict, dataset: str) -> dict:
+    """The slice of the world config one dataset's shifted test set depends on (``world_shifted``'s params):
+    the seed, image size, the dataset's classes (factors, values) and its share of ``world.shifted``."""
+    spec = world["datasets"][dataset]
+    shifted = world["shifted"]
+    return canonical({
+        "seed": world["seed"], "image_size": world["image_size"],
+        "datasets": {dataset: {k: spec[k] for k in ("factors", "values", "per_class") if k in spec}},
+        "shifted": {"style": shifted["style"], "templates": shifted["templates"],
+                    "per_class": {dataset: shifted["per_class"].get(dataset, 0)}},
+    })
