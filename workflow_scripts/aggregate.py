@@ -3,8 +3,10 @@
 from synret.aggregate import (
     Predictions,
     bootstrap_config,
+    clip_benchmark_results,
     collect,
     compare,
+    eval_set_tables,
     expected_cells,
     plot_paired,
     plot_summary,
@@ -12,6 +14,7 @@ from synret.aggregate import (
     source_table,
     summarize,
     with_cell_intervals,
+    with_extra_columns,
     write_csv,
 )
 from synret.tasks import read_task
@@ -29,6 +32,10 @@ def main(smk, log):
     table = with_cell_intervals(table, preds, bootstrap)
     summary = summarize(table, preds, bootstrap)
     paired = compare(table, preds, grid["sources"], bootstrap)
+    # the tasks' extra evaluation sets (e.g. under shift): their columns, and a figure per task and set
+    table, set_columns, set_summaries = eval_set_tables(table, dict(zip(cells, smk.input.predictions)), n_classes,
+                                                        smk.params.eval_sets, bootstrap)
+    summary = with_extra_columns(summary, set_columns)
     write_csv(table, smk.output.table)
     write_csv(summary, smk.output.summary_table)
     write_csv(paired, smk.output.paired_table)
@@ -38,8 +45,12 @@ def main(smk, log):
     for task, path in zip(grid["tasks"], smk.output.plots):
         plot_task(summary, task, path)
     plot_summary(summary, grid["tasks"], smk.output.summary)
+    pairs = [(task, name) for task in grid["tasks"] for name in smk.params.eval_sets.get(task, [])]
+    for (task, name), path in zip(pairs, smk.output.eval_set_plots):
+        plot_task(set_summaries[name], task, path, title=f"{task}: eval set {name}")
     later, earlier = (grid["sources"][-1], grid["sources"][0]) if len(grid["sources"]) > 1 else (grid["sources"][0], "zeroshot")
     plot_paired(paired, grid["tasks"], smk.output.paired, later, earlier)
+    clip_benchmark_results(smk.input.metrics, smk.output.clip_benchmark, smk.params.clip)  # its JSON, for its `build`
     short = summary[summary["short"]]
     for row in short.itertuples():
         log(f"short: {row.task}/{row.source} at scale {row.scale} trained on {row.n_train:g} images")
