@@ -23,25 +23,7 @@ rule task:
 
 
 # Extra evaluation sets of a task (task_settings.<task>.eval_sets; synret.eval_sets): each set's images in
-# the task's label space, evaluated by every cell of the task.
-
-from synret.config import eval_sets_of
-
-
-def eval_set_definition(wildcards):
-    return eval_sets_of(config, wildcards.task)[wildcards.name]
-
-
-def eval_set_dataset_input(wildcards):
-    """What a set's job reads: a dataset the demo world makes (its rule's output), else the dataset's files."""
-    dataset = eval_set_definition(wildcards)["dataset"]
-    return [dataset["root"]] if produced_by_world(config, dataset["root"]) else dataset_inputs(dataset)
-
-
-def eval_set_inputs(wildcards):
-    """Every extra evaluation set's manifest and class file of the job's task (none: an empty list)."""
-    return [f"results/tasks/{wildcards.task}/eval/{name}.{ext}"
-            for name in eval_sets_of(config, wildcards.task) for ext in ("parquet", "json")]
+# the task's label space, evaluated by every cell of the task (input functions in rules/common.smk).
 
 
 rule eval_set:
