@@ -28,7 +28,7 @@ def main(smk, log):
     workers = loader_workers(smk.threads, smk.params.compute_threads, available_cpus())
     log(f"evaluation images read by {workers} data-loader worker(s)" if workers else "evaluation images read in process")
     eval_sets = {}  # the task's extra evaluation sets (synret.eval_sets)
-    for manifest in smk.input.eval_sets:
+    for manifest in [f for f in smk.input.eval_sets if f.endswith(".parquet")]:  # each with its .json beside it
         name, table, classes = read_eval_set(manifest)
         eval_sets[name] = (table, classes)
     record, subset, predictions = run_cell(task, cell, smk.params.clip, splits, smk.params.evaluate, curated,
