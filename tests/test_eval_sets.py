@@ -179,6 +179,15 @@ def test_a_cell_evaluates_each_set_with_predictions_restricted_to_its_classes(ti
     plain, _, _ = run_cell(task, cell, clip_cfg, {"test": test}, {"batch_size": 64, "splits": ["test"]},
                            log=lambda m: None)
     assert plain["eval_sets"] == {} and plain["top1"] == record["top1"]
+    # with the linear probe too: the sets' predictions are kept beside the probe's
+    probe_cfg = {"batch_size": 64, "splits": ["test"], "linear_probe": {"epochs": 2, "batch_size": 32, "warmup_steps": 1}}
+    tables = {"train": test.iloc[::2].reset_index(drop=True), "val": test.iloc[1::4].reset_index(drop=True),
+              "test": test}
+    probed, _, predictions = run_cell(task, cell, clip_cfg, {"test": test}, probe_cfg, log=lambda m: None,
+                                      probe_tables=tables, eval_sets={"part": (subset, [1, 4, 7])})
+    assert probed["eval_sets"]["part"] == part and "lp_top1" in probed
+    splits = set(zip(*[predictions.column(c).to_pylist() for c in ("evaluation", "split")]))
+    assert splits == {("classifier", "test"), ("classifier", "part"), ("linear_probe", "test")}
 
 
 def test_the_preflight_checks_each_sets_dataset(tmp_path, monkeypatch):

@@ -167,7 +167,7 @@ def run_cell(
         tables[name] = table
         log(f"evaluation set {name}: {extra['eval_sets'][name]}")
     if evaluate_cfg.get("linear_probe") is not None:
-        tables = {**probe_tables, **eval_splits}
+        tables = {**probe_tables, **tables}  # the task's splits, then the evaluated ones and the extra sets
         probe, ranked["linear_probe"] = linear_probe_splits(model, task, probe_tables, clip.preprocess_val, evaluate_cfg["linear_probe"],
                                     evaluate_cfg["batch_size"], device, eval_precision, cell["seed"], log,
                                     num_workers)
