@@ -72,3 +72,16 @@ def test_the_shifted_rule_depends_on_its_own_slice_of_the_world_config():
     assert shifted_params(other, "shapes") == base  # another dataset's edit reruns nothing here
     more = {**world, "shifted": {**world["shifted"], "per_class": {"shapes": 11}}}
     assert shifted_params(more, "shapes") != base
+
+
+def test_an_eval_set_of_a_shifted_set_the_world_does_not_render_is_a_config_error():
+    import pytest
+
+    from synret.config import ConfigError, check_config
+
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    check_config(config, str(ROOT / "config.schema.yaml"))
+    del config["world"]["shifted"]["per_class"]["patterned_shapes"]
+    with pytest.raises(ConfigError, match=r"task_settings.patterned_shapes.eval_sets.shifted.dataset.root': the world "
+                                          r"renders no shifted set of 'patterned_shapes'"):
+        check_config(config, str(ROOT / "config.schema.yaml"))

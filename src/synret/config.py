@@ -217,6 +217,14 @@ def semantic_errors(config: dict) -> list[str]:
         problems.append(f"config key 'curate.dedup.weights': required where curate.dedup.descriptor is isc "
                         f"(task{'s' * (len(lacking) > 1)} {', '.join(lacking)}): the path of the downloaded "
                         "isc_ft_v107.pth.tar")
+    for task in config["tasks"]:  # a set the world renders: it must render it
+        for name, spec in (config["task_settings"][task].get("eval_sets") or {}).items():
+            root = os.path.normpath(spec["dataset"]["root"])
+            if os.path.dirname(root) == os.path.normpath(WORLD_PRODUCTS["shifted"]) and config.get("world"):
+                dataset = os.path.basename(root)
+                if dataset not in ((config["world"].get("shifted") or {}).get("per_class") or {}):
+                    problems.append(f"config key 'task_settings.{task}.eval_sets.{name}.dataset.root': the world "
+                                    f"renders no shifted set of {dataset!r} (add it to world.shifted.per_class)")
     serve = config["pool"].get("serve")
     if serve and not (serve.get("base_url") or config.get("world")):
         problems.append("config key 'pool.serve.base_url': needed to serve a pool folder when there is no 'world'")
