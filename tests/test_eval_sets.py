@@ -198,9 +198,12 @@ def test_the_preflight_checks_each_sets_dataset(tmp_path, monkeypatch):
     root.mkdir()
     config = _config({"v2": {"dataset": {"format": "clip_benchmark", "root": str(root)}, "classes": "by_index"}})
     spec = preflight_spec(config)
-    assert spec["eval_sets"] == {"shapes": {"v2": eval_sets_of(config, "shapes")["v2"]["dataset"]}}
-    assert "eval_sets" not in preflight_spec(yaml.safe_load((ROOT / "config.yaml").read_text()))
-    spec = {"clip": {"model": "RN50", "pretrained": None}, "datasets": {}, "eval_sets": spec["eval_sets"]}
+    assert spec["eval_sets"]["shapes"] == {"v2": eval_sets_of(config, "shapes")["v2"]["dataset"]}
+    plain = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for task in plain["task_settings"].values():
+        task.pop("eval_sets", None)
+    assert "eval_sets" not in preflight_spec(plain)  # a config without sets: the spec as before
+    spec = {"clip": {"model": "RN50", "pretrained": None}, "datasets": {}, "eval_sets": {"shapes": spec["eval_sets"]["shapes"]}}
     problems = [p for p in preflight_problems(spec) if p.key.startswith("task_settings")]
     assert [p.key for p in problems] == ["task_settings.shapes.eval_sets.v2.dataset.root"]
     assert "classnames.txt" in problems[0].what and "test" in problems[0].what
