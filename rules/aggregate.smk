@@ -26,11 +26,15 @@ rule aggregate:
         mix_plots=expand("results/plots/{task}_mix.png", task=TASKS if MIXED_TASK_PLOTS else []),
         summary="results/plots/summary.png",
         paired="results/plots/paired.png",
+        clip_benchmark=directory("results/clip_benchmark"),  # every cell's results as clip_benchmark eval writes them
+        eval_set_plots=[f"results/plots/eval_sets/{task}/{name}.png" for task in TASKS for name in eval_sets_of(config, task)],
     log:
         "logs/aggregate.log",
     params:
         grid=aggregate_grid(config),
         bootstrap=canonical(config["aggregate"].get("bootstrap", {})),
+        clip=canonical({k: config["clip"].get(k) for k in ("model", "pretrained")}),
+        eval_sets=canonical({task: list(eval_sets_of(config, task)) for task in TASKS}),  # each task's extra sets
     conda:
         "../envs/synret.yaml"
     script:

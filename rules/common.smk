@@ -248,3 +248,24 @@ def caption_files(wildcards):
     llm = stage_settings(config, "prompts", wildcards.task).get("llm") or {}
     paths = {"backgrounds": (llm.get("backgrounds_file") or {}).get("path"), "examples": llm.get("examples_file")}
     return {name: local_input(path) for name, path in paths.items() if local_input(path)}
+
+
+# ---------------------------------------------------------------- extra evaluation sets
+
+from synret.config import dataset_inputs, eval_sets_of
+
+
+def eval_set_definition(wildcards):
+    return eval_sets_of(config, wildcards.task)[wildcards.name]
+
+
+def eval_set_dataset_input(wildcards):
+    """What a set's job reads: a dataset the demo world makes (its rule's output), else the dataset's files."""
+    dataset = eval_set_definition(wildcards)["dataset"]
+    return [dataset["root"]] if produced_by_world(config, dataset["root"]) else dataset_inputs(dataset)
+
+
+def eval_set_inputs(wildcards):
+    """Every extra evaluation set's manifest and class file of the job's task (none: an empty list)."""
+    return [f"results/tasks/{wildcards.task}/eval/{name}.{ext}"
+            for name in eval_sets_of(config, wildcards.task) for ext in ("parquet", "json")]

@@ -11,6 +11,7 @@ rule finetune:
         task="results/tasks/{task}/task.json",
         val="results/tasks/{task}/val.parquet",
         test="results/tasks/{task}/test.parquet",
+        eval_sets=eval_set_inputs,  # the task's extra evaluation sets (rules/common.smk)
         probe_train=lambda wc: (  # the task's train split, read only by the linear-probe evaluation
             [] if settings_of("evaluate")(wc).get("linear_probe") is None else f"results/tasks/{wc.task}/train.parquet"
         ),
@@ -45,6 +46,7 @@ rule zeroshot:
         task="results/tasks/{task}/task.json",
         val="results/tasks/{task}/val.parquet",
         test="results/tasks/{task}/test.parquet",
+        eval_sets=eval_set_inputs,  # the task's extra evaluation sets (rules/common.smk)
         probe_train=lambda wc: (  # the task's train split, read only by the linear-probe evaluation
             [] if settings_of("evaluate")(wc).get("linear_probe") is None else f"results/tasks/{wc.task}/train.parquet"
         ),

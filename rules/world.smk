@@ -99,3 +99,22 @@ if WORLD:
             "../envs/synret.yaml"
         script:
             "../workflow_scripts/world_index.py"
+
+    if WORLD.get("shifted"):
+        from synret.config import shifted_params
+
+        # each dataset's shifted test set (world.shifted), in CLIP_benchmark's webdataset layout: the demo's
+        # stand-in for ImageNet-R/-Sketch & co., read through the task format clip_benchmark as they are
+        rule world_shifted:
+            output:
+                directory("results/world/shifted/{dataset}"),
+            wildcard_constraints:
+                dataset=one_of(WORLD["datasets"]),
+            log:
+                "logs/world/shifted/{dataset}.log",
+            params:
+                world=lambda wc: shifted_params(WORLD, wc.dataset),
+            conda:
+                "../envs/synret.yaml"
+            script:
+                "../workflow_scripts/world_shifted.py"

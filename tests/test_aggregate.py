@@ -392,3 +392,85 @@ def test_exchange_rates_read_the_real_curve_backwards(tmp_path):
     assert synthetic["real_per_class_lo"] < 4.0 < synthetic["real_per_class_hi"]
     assert synthetic["real_images"] == pytest.approx(40) and synthetic["real_images_per_image"] == pytest.approx(0.4)
     assert rates.loc["retrieved", "real_per_class"] == np.inf and rates.loc["retrieved", "real_curve_max"] == 16
+
+
+# ---------------------------------------------------------------- extra evaluation sets
+
+
+def test_eval_sets_add_columns_summaries_and_figures(tmp_path):
+    """The shapes task's cells also predicted on a set 'shifted' (its first 40 images, right on the first
+    ``k`` of them): all.csv and summary.csv get its columns (empty for colors), and a figure per set."""
+    from synret.aggregate import eval_set_tables, with_extra_columns
+    from synret.stats import mean_per_class
+
+    metric_paths, prediction_paths = _write_grid(tmp_path)
+    expected = {}
+    for cell, path in prediction_paths.items():
+        if cell[0] != "shapes":
+            continue
+        k = {"zeroshot": 10, "synthetic": 20, "retrieved": 30}[cell[1]] + cell[3]
+        labels = np.arange(40) % 4 * 2  # four of the task's classes
+        pred = np.where(np.arange(40) < k, labels, (labels + 1) % 10)
+        shifted = pa.table({"evaluation": ["classifier"] * 40, "split": ["shifted"] * 40,
+                            "key": [f"shifted/{i:03d}" for i in range(40)], "label": labels.astype(np.int32),
+                            "pred": pred.astype(np.int32), "ranked": [[int(p)] for p in pred]},
+                           schema=PREDICTION_SCHEMA)
+        pq.write_table(pa.concat_tables([pq.read_table(path), shifted]), path)
+        expected[cell] = (k / 40, float(mean_per_class(np.arange(40) < k, labels, 10)))
+    table = with_cell_intervals(collect(metric_paths, expected=CELLS), Predictions(prediction_paths, CLASSES), BOOT)
+    summary = summarize(table, Predictions(prediction_paths, CLASSES), BOOT)
+    table, extra, summaries = eval_set_tables(table, prediction_paths, CLASSES, {"shapes": ["shifted"], "colors": []},
+                                              BOOT)
+    assert list(table.columns)[: len(TABLE_COLUMNS)] == TABLE_COLUMNS  # the contract's columns first, as before
+    assert list(table.columns)[len(TABLE_COLUMNS):] == [
+        "top1_shifted", "top1_shifted_lo", "top1_shifted_hi", "mean_per_class_shifted", "mean_per_class_shifted_lo",
+        "mean_per_class_shifted_hi", "n_shifted"]
+    for row in table.itertuples():
+        cell = (row.task, row.source, row.scale, row.seed)
+        if row.task == "colors":
+            assert np.isnan(row.top1_shifted) and pd.isna(row.n_shifted)
+            continue
+        assert (row.top1_shifted, row.mean_per_class_shifted) == pytest.approx(expected[cell])
+        assert row.top1_shifted_lo <= row.top1_shifted <= row.top1_shifted_hi and row.n_shifted == 40
+    summary = with_extra_columns(summary, extra)
+    assert list(summary.columns)[: len(SUMMARY_COLUMNS)] == SUMMARY_COLUMNS
+    point = summary[(summary["task"] == "shapes") & (summary["source"] == "retrieved") & (summary["scale"] == 60)].iloc[0]
+    assert point["top1_shifted"] == pytest.approx(np.mean([30 / 40, 31 / 40]))
+    assert summary.loc[summary["task"] == "colors", "top1_shifted"].isna().all()
+    written = tmp_path / "all.csv"
+    write_csv(table, written)
+    assert pd.read_csv(written)["n_shifted"].dropna().eq(40).all()
+    assert "40.0" not in written.read_text().split("\n")[1]  # counts stay integers
+    plot_task(summaries["shifted"], "shapes", tmp_path / "shifted.png", title="shapes: eval set shifted")
+    _assert_png(tmp_path / "shifted.png", (300, 200))
+    # no sets: the tables as they were
+    same, none, _ = eval_set_tables(table[TABLE_COLUMNS], prediction_paths, CLASSES, {"shapes": [], "colors": []}, BOOT)
+    assert list(same.columns) == TABLE_COLUMNS and with_extra_columns(summary[SUMMARY_COLUMNS], none).equals(
+        summary[SUMMARY_COLUMNS])
+
+
+def test_cells_are_written_as_clip_benchmark_results(tmp_path):
+    from synret.aggregate import clip_benchmark_results
+
+    cells = [("shapes", "zeroshot", 0, 0), ("shapes", "synthetic", 60, 1)]
+    paths = []
+    for i, cell in enumerate(cells):
+        m = _metrics(*cell, top1=0.5, mpc=0.4, top5=0.9,
+                     evaluation={"test": {"top1": 0.5, "top5": 0.9, "mean_per_class": 0.4, "n": 10}},
+                     eval_sets={"shifted": {"top1": 0.25, "top5": None, "mean_per_class": 0.2, "n": 8}})
+        paths.append(tmp_path / f"m{i}.json")
+        paths[-1].write_text(json.dumps(m))
+    out = tmp_path / "cb"
+    (out).mkdir()
+    (out / "stale.json").write_text("{}")
+    written = clip_benchmark_results(paths, out, {"model": "ViT-B-16", "pretrained": "laion2b_s34b_b88k"})
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written) == [
+        "shapes_synthetic_n60_seed1_shifted.json", "shapes_synthetic_n60_seed1_test.json",
+        "shapes_zeroshot_shifted.json", "shapes_zeroshot_test.json"]
+    result = json.loads((out / "shapes_synthetic_n60_seed1_shifted.json").read_text())
+    assert set(result) == {"dataset", "model", "pretrained", "task", "metrics", "language"}
+    assert result["dataset"] == "shapes/shifted" and result["pretrained"] == "laion2b_s34b_b88k/synthetic/n60/seed1"
+    assert result["task"] == "zeroshot_classification" and result["language"] == "en"
+    assert result["metrics"]["acc1"] == 0.25 and np.isnan(result["metrics"]["acc5"])  # below 5 classes: NaN, as its own
+    assert json.loads((out / "shapes_zeroshot_test.json").read_text())["metrics"] == {
+        "acc1": 0.5, "acc5": 0.9, "mean_per_class_recall": 0.4}

@@ -152,6 +152,25 @@ def test_plots_are_png(smoke_run):
             im.verify()
 
 
+def test_every_cell_is_evaluated_on_its_tasks_shifted_set(smoke_run):
+    """The world's shifted sets, written in CLIP_benchmark's layout, read through the clip_benchmark format
+    as each task's eval set 'shifted': a column of every cell, the summary's, and a figure per task."""
+    workdir, _ = smoke_run
+    cfg = smoke_config()
+    table = pd.read_csv(workdir / "results" / "tables" / "all.csv")
+    assert table["top1_shifted"].between(0, 1).all() and table["mean_per_class_shifted"].between(0, 1).all()
+    for task in cfg["tasks"]:
+        world = workdir / "results" / "world" / "shifted" / task
+        assert (world / "test" / "0.tar").is_file() and (world / "zeroshot_classification_templates.txt").is_file()
+        n = cfg["world"]["shifted"]["per_class"][task] * len((world / "classnames.txt").read_text().split("\n")[:-1])
+        assert (table.loc[table["task"] == task, "n_shifted"] == n).all()
+        assert (workdir / "results" / "plots" / "eval_sets" / task / "shifted.png").read_bytes()[:4] == b"\x89PNG"
+        metrics = json.loads((workdir / "results" / "cells" / task / "zeroshot" / "metrics.json").read_text())
+        assert metrics["eval_sets"]["shifted"]["n"] == n
+    summary = pd.read_csv(workdir / "results" / "tables" / "summary.csv")
+    assert summary["top1_shifted"].between(0, 1).all()
+
+
 def test_every_training_set_has_a_per_image_manifest(smoke_run):
     workdir, _ = smoke_run
     cfg = smoke_config()

@@ -9,6 +9,7 @@ def main(smk, log):
     import pyarrow.parquet as pq
 
     from synret.cells import run_cell  # torch: after run_job set the threads
+    from synret.eval_sets import read_eval_set
     from synret.resources import loader_workers
     from synret.tasks import read_task
     from synret.workflow import available_cpus, write_json, write_parquet
@@ -36,8 +37,12 @@ def main(smk, log):
     # evaluation images are read by the job's threads beyond those it computes on
     workers = loader_workers(smk.threads, smk.params.compute_threads, available_cpus())
     log(f"evaluation images read by {workers} data-loader worker(s)" if workers else "evaluation images read in process")
+    eval_sets = {}  # the task's extra evaluation sets (synret.eval_sets)
+    for manifest in [f for f in smk.input.eval_sets if f.endswith(".parquet")]:  # each with its .json beside it
+        name, table, classes = read_eval_set(manifest)
+        eval_sets[name] = (table, classes)
     record, subset, predictions = run_cell(task, cell, smk.params.clip, splits, smk.params.evaluate, curated,
-                                           finetune, log, probe_tables, workers, selection)
+                                           finetune, log, probe_tables, workers, selection, eval_sets)
     if subset is not None:
         write_parquet(subset, smk.output.train_manifest)
     write_parquet(predictions, smk.output.predictions)

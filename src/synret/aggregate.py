@@ -8,6 +8,11 @@ Inputs are the cells' ``metrics.json`` and ``predictions.parquet``; outputs are
 - ``paired.csv``: per (task, scale), each source minus each earlier source of the grid and minus
   zero-shot on the same test images, per seed (with an exact McNemar p-value) and across seeds.
 
+A task's extra evaluation sets (``synret.eval_sets``, e.g. under distribution shift) add, per set
+``<name>``, columns ``top1_<name>``, ``mean_per_class_<name>`` (each with ``_lo``/``_hi``) and
+``n_<name>`` to ``all.csv`` and ``summary.csv`` (empty for tasks without the set), computed from the
+cells' predictions on the set as the test columns are from theirs; ``eval_set_plots`` draws them.
+
 See ``synret.stats`` for the methods. Accuracies are rounded to 4 decimals, p-values to 4
 significant digits.
 """
@@ -107,9 +112,11 @@ def read_predictions(path: str | Path, evaluation: str = "classifier", split: st
 
 
 class Predictions:
-    """The test-split correctness of every cell, aligned on one image order per task."""
+    """The test-split (or ``split``: an extra evaluation set's) correctness of every cell, aligned on one
+    image order per task."""
 
-    def __init__(self, files: dict[tuple, str | Path] | list[tuple[tuple, str | Path]], n_classes: dict[str, int]):
+    def __init__(self, files: dict[tuple, str | Path] | list[tuple[tuple, str | Path]], n_classes: dict[str, int],
+                 split: str = "test"):
         self.n_classes = dict(n_classes)
         self.labels: dict[str, np.ndarray] = {}
         self.keys: dict[str, np.ndarray] = {}
@@ -117,7 +124,7 @@ class Predictions:
         for cell, path in files.items() if isinstance(files, dict) else files:
             if tuple(cell) in self.correct:  # a cell that is another's point (see collect): the first counts
                 continue
-            table = read_predictions(path)
+            table = read_predictions(path, split=split)
             task = cell[0]
             if task not in self.n_classes:
                 raise ValueError(f"{path}: no class count for task {task!r}")
@@ -127,7 +134,7 @@ class Predictions:
                 raise ValueError(f"{path}: its test images differ from those of the task's other cells; "
                                  "rerun the cells of this task (snakemake -R finetune zeroshot)")
             if not len(table):
-                raise ValueError(f"{path}: no test-split predictions")
+                raise ValueError(f"{path}: no {split}-split predictions")
             self.correct[tuple(cell)] = table["pred"].to_numpy() == self.labels[task]
 
     def matrix(self, task: str, source: str, scale: int, seeds: Sequence[int]) -> np.ndarray:
@@ -222,6 +229,44 @@ def compare(table: pd.DataFrame, preds: Predictions, sources: Sequence[str], boo
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
 
+def eval_set_tables(table: pd.DataFrame, files: dict[tuple, str | Path], n_classes: dict[str, int],
+                    sets: dict[str, Sequence[str]], bootstrap: BootstrapConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Each extra evaluation set's columns for ``all.csv`` and ``summary.csv``, and its own summary table.
+
+    ``files``: every cell's predictions file; ``sets``: each task's set names. Returns (the per-cell table with
+    ``top1_<set>``, its interval, ``mean_per_class_<set>``, its interval and ``n_<set>`` added, the summary's
+    extra columns keyed by (task, source, scale), ``{set: summary table of the cells on it}`` in
+    ``SUMMARY_COLUMNS``, for the figures)."""
+    out, extra, summaries = table.copy(), [], {}
+    for name in sorted({n for names in sets.values() for n in names}):
+        tasks = sorted(t for t, names in sets.items() if name in names)
+        preds = Predictions({c: p for c, p in files.items() if c[0] in tasks}, n_classes, split=name)
+        cells = table[table["task"].isin(tasks)].copy()
+        stats = {cell: cell_interval(preds.correct[cell], preds.labels[cell[0]], preds.n_classes[cell[0]], bootstrap,
+                                     *cell, name) for cell in cells[KEY].itertuples(index=False, name=None)}
+        columns = [f"{m}{suffix}" for m in ("top1", "mean_per_class") for suffix in ("", "_lo", "_hi")]
+        for column in columns:
+            cells[column] = [stats[c][column] for c in cells[KEY].itertuples(index=False, name=None)]
+        cells["n_test"] = [len(preds.labels[t]) for t in cells["task"]]
+        renamed = {c: f"{c[:-3]}_{name}{c[-3:]}" if c.endswith(("_lo", "_hi")) else f"{c}_{name}" for c in columns}
+        renamed["n_test"] = f"n_{name}"
+        out = out.merge(cells[KEY + list(renamed)].rename(columns=renamed), on=KEY, how="left")
+        summary = summarize(cells, preds, bootstrap)
+        summaries[name] = summary
+        keep = ["top1", "top1_lo", "top1_hi", "mean_per_class", "mean_per_class_lo", "mean_per_class_hi", "n_test"]
+        extra.append(summary[["task", "source", "scale"] + keep].rename(
+            columns={c: renamed.get(c, c) for c in keep}).set_index(["task", "source", "scale"]))
+    extra_columns = pd.concat(extra, axis=1) if extra else pd.DataFrame()
+    return out, extra_columns, summaries
+
+
+def with_extra_columns(summary: pd.DataFrame, extra: pd.DataFrame) -> pd.DataFrame:
+    """The summary table with the evaluation sets' columns (``eval_set_tables``) joined on its points."""
+    if not len(extra.columns):
+        return summary
+    return summary.join(extra, on=["task", "source", "scale"])
+
+
 def source_table(summaries: dict[tuple[str, str], str | Path], table: pd.DataFrame) -> pd.DataFrame:
     """One row per (task, source) from the curation summaries: candidates, kept, the shortfall at the
     grid's largest scale, dropped by reason, label fidelity (the share of images the task's zero-shot
@@ -296,8 +341,9 @@ def rounded(df: pd.DataFrame) -> pd.DataFrame:
             out[column] = values.round().astype("Int64") if column == "n_train" and integral else values.round(1)
         elif pd.api.types.is_float_dtype(out[column]) and column not in ("scale",):
             out[column] = out[column].round(ACCURACY_DECIMALS)
+    counts = [c for c in out.columns if c.startswith("n_") and c not in ("n_train", "n_test")]  # n_<eval set>
     for column in ("n_test", "steps", "a_only", "b_only", "largest_scale", "shortfall", "planted_copies",
-                   "planted_copies_kept"):
+                   "planted_copies_kept", *counts):
         if column in out:
             out[column] = out[column].astype("Int64")
     return out
@@ -370,9 +416,11 @@ def _short_note(summary: pd.DataFrame, tasks: Sequence[str]) -> str | None:
     return f"hollow markers: fewer images than the scale: {cells}"
 
 
-def plot_task(summary: pd.DataFrame, task: str, path: str | Path, metric: str = "top1", styles: dict | None = None) -> None:
+def plot_task(summary: pd.DataFrame, task: str, path: str | Path, metric: str = "top1", title: str | None = None,
+              styles: dict | None = None) -> None:
     """Accuracy against the number of training images: a line per source (mean over seeds with its
-    95% interval), zero-shot as a reference band."""
+    95% interval), zero-shot as a reference band. ``title``: other than the task's name (an evaluation
+    set's summary: ``eval_set_tables``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -380,6 +428,8 @@ def plot_task(summary: pd.DataFrame, task: str, path: str | Path, metric: str = 
 
     fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
     _plot_axes(ax, summary, task, metric, styles)
+    if title:
+        ax.set_title(title)
     ax.legend(fontsize=8)
     note = _short_note(summary, [task])
     if note:
@@ -493,3 +543,35 @@ def plot_mix(summary: pd.DataFrame, task: str, mixes: dict[str, dict], path: str
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- CLIP_benchmark results
+
+
+def clip_benchmark_results(metric_files: Sequence[str | Path], out_dir: str | Path, clip: dict) -> list[Path]:
+    """Every cell's test and extra-set accuracies as the JSON files ``clip_benchmark eval`` writes
+    (``synret.clip_benchmark.result_json``), one per (cell, evaluated set), flat in ``out_dir`` so that
+    ``clip_benchmark build <out_dir>`` reads them into its CSV. A file is named
+    ``{task}_{source}[_n{scale}_seed{seed}]_{set}.json``; its ``dataset`` is ``{task}/{set}`` (set: ``test``
+    or an extra set's name), ``model`` the CLIP's name and ``pretrained`` its tag (or ``-``) followed by the
+    cell (``/zeroshot``, ``/synthetic/n100/seed0``), so that each cell is its own model in the CSV."""
+    from .clip_benchmark import result_json, write_result
+
+    out = Path(out_dir)
+    if out.exists():
+        for old in out.glob("*.json"):
+            old.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for m in read_metrics(metric_files):
+        cell = (m["task"], m["source"], int(m["scale"]), int(m["seed"]))
+        name = _cell_name((*cell, m.get("size") or f"n{cell[2]}"))
+        results = {"test": (m.get("evaluation") or {}).get("test") or {
+            "top1": m["top1"], "top5": m.get("top5"), "mean_per_class": m["mean_per_class"]}}
+        results.update(m.get("eval_sets") or {})
+        for split, metrics in results.items():
+            path = out / f"{name.replace('/', '_')}_{split}.json"
+            write_result(path, result_json(f"{cell[0]}/{split}", clip["model"],
+                                           f"{clip.get('pretrained') or '-'}/{name.split('/', 1)[1]}", metrics))
+            written.append(path)
+    return written

@@ -122,6 +122,7 @@ def run_cell(
     task: dict, cell: dict, clip_cfg: dict, eval_splits: dict[str, pd.DataFrame], evaluate_cfg: dict,
     curated: pd.DataFrame | None = None, finetune_cfg: dict | None = None, log: Callable[[str], None] = print,
     probe_tables: dict[str, pd.DataFrame] | None = None, num_workers: int = 0, selection: dict | None = None,
+    eval_sets: dict[str, tuple[pd.DataFrame, list[int]]] | None = None,
 ) -> tuple[dict, pd.DataFrame | None, pa.Table]:
     """Finetune on the cell's nested subset (or not at all for zero-shot) and evaluate.
 
@@ -133,6 +134,9 @@ def run_cell(
     probe's); training reads its own with ``finetune.num_workers``. Neither changes the evaluation's bits.
     ``curated``: the source's curated manifest (the first ``scale`` of its nested order are trained on), or
     with ``selection`` (``synret.curate.select_training``) the curated manifests of every source it draws on.
+    ``eval_sets``: the task's extra evaluation sets, ``{name: (manifest, task labels that compete)}``
+    (``synret.eval_sets``); their accuracies become ``eval_sets[name]`` of the record and their predictions
+    rows with split ``name``.
     """
     start = time.time()
     device = pick_device()
@@ -161,8 +165,15 @@ def run_cell(
                                       eval_precision, num_workers)
     ranked, tables = {"classifier": ranked}, dict(eval_splits)
     log(f"evaluation: {results}")
+    extra["eval_sets"] = {}
+    for name, (table, classes) in sorted((eval_sets or {}).items()):  # the extra sets, e.g. under shift
+        extra["eval_sets"][name], ranked["classifier"][name] = evaluate(
+            model, list(table["path"]), list(table["label"]), len(task["classnames"]), clip.preprocess_val,
+            evaluate_cfg["batch_size"], device, eval_precision, num_workers, classes=classes)
+        tables[name] = table
+        log(f"evaluation set {name}: {extra['eval_sets'][name]}")
     if evaluate_cfg.get("linear_probe") is not None:
-        tables = {**probe_tables, **eval_splits}
+        tables = {**probe_tables, **tables}  # the task's splits, then the evaluated ones and the extra sets
         probe, ranked["linear_probe"] = linear_probe_splits(model, task, probe_tables, clip.preprocess_val, evaluate_cfg["linear_probe"],
                                     evaluate_cfg["batch_size"], device, eval_precision, cell["seed"], log,
                                     num_workers)

@@ -22,6 +22,7 @@ WORLD_PRODUCTS = {
     "index": f"{WORLD_DIR}/index",
     "pool": f"{WORLD_DIR}/pool",
     "datasets": f"{WORLD_DIR}/datasets",
+    "shifted": f"{WORLD_DIR}/shifted",  # each dataset's shifted test set, in CLIP_benchmark's layout
 }
 STAGES = ("prompts", "synthetic", "retrieval", "curate", "finetune", "evaluate")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -84,14 +85,28 @@ def stage_settings(config: dict, stage: str, task: str) -> dict:
 
 
 def task_definition(config: dict, task: str) -> dict:
-    """A task's own definition (dataset, templates, queries), without the stage overrides."""
-    spec = {k: v for k, v in config["task_settings"][task].items() if k not in STAGES}
+    """A task's own definition (dataset, templates, queries), without the stage overrides. Templates are
+    None where the config gives none (a clip_benchmark dataset's own template file provides them)."""
+    spec = {k: v for k, v in config["task_settings"][task].items() if k not in STAGES and k != "eval_sets"}
+    spec.setdefault("templates", None)
     spec.setdefault("retrieval_templates", spec["templates"])
     spec.setdefault("filter_templates", spec["templates"])
     spec.setdefault("queries", {})
     spec["dataset"] = {"splits": {"train": "train", "val": "val", "test": "test"}, **spec["dataset"]}
     spec["dataset"]["splits"] = {"train": "train", "val": "val", "test": "test", **spec["dataset"]["splits"]}
     return canonical(spec)
+
+
+def _with_split_defaults(dataset: dict) -> dict:
+    return {**dataset, "splits": {"train": "train", "val": "val", "test": "test", **dataset.get("splits", {})}}
+
+
+def eval_sets_of(config: dict, task: str) -> dict:
+    """A task's extra evaluation sets (``task_settings.<task>.eval_sets``), defaults filled in: ``{name:
+    {dataset, split, classes}}`` (split ``test``, classes ``by_name``); empty where it names none."""
+    sets = config["task_settings"][task].get("eval_sets") or {}
+    return canonical({name: {"dataset": _with_split_defaults(spec["dataset"]), "split": spec.get("split", "test"),
+                             "classes": spec.get("classes", "by_name")} for name, spec in sets.items()})
 
 
 def _key_path(error) -> str:
@@ -179,6 +194,8 @@ def path_errors(config: dict) -> list[str]:
         problems += definition.config_problems(config, need)
     for task in config["tasks"]:
         need(f"task_settings.{task}.dataset.root", config["task_settings"][task]["dataset"]["root"], "dataset root")
+        for name, spec in (config["task_settings"][task].get("eval_sets") or {}).items():
+            need(f"task_settings.{task}.eval_sets.{name}.dataset.root", spec["dataset"]["root"], "dataset root")
     for weights in sorted({isc_weights_of(config, t) for t in config["tasks"]} - {None}):
         need("curate.dedup.weights", weights, "ISC copy-detection weights file")
     return problems
@@ -220,6 +237,14 @@ def semantic_errors(config: dict) -> list[str]:
         problems.append(f"config key 'curate.dedup.weights': required where curate.dedup.descriptor is isc "
                         f"(task{'s' * (len(lacking) > 1)} {', '.join(lacking)}): the path of the downloaded "
                         "isc_ft_v107.pth.tar")
+    for task in config["tasks"]:  # a set the world renders: it must render it
+        for name, spec in (config["task_settings"][task].get("eval_sets") or {}).items():
+            root = os.path.normpath(spec["dataset"]["root"])
+            if os.path.dirname(root) == os.path.normpath(WORLD_PRODUCTS["shifted"]) and config.get("world"):
+                dataset = os.path.basename(root)
+                if dataset not in ((config["world"].get("shifted") or {}).get("per_class") or {}):
+                    problems.append(f"config key 'task_settings.{task}.eval_sets.{name}.dataset.root': the world "
+                                    f"renders no shifted set of {dataset!r} (add it to world.shifted.per_class)")
     serve = config["pool"].get("serve")
     if serve and not (serve.get("base_url") or config.get("world")):
         problems.append("config key 'pool.serve.base_url': needed to serve a pool folder when there is no 'world'")
@@ -255,3 +280,16 @@ def expected_cells(tasks, sources, scales, seeds) -> list[tuple]:
     """Every (task, source, scale, seed) the config defines, plus each task's zero-shot cell."""
     cells = [(t, s, int(n), int(r)) for t in tasks for s in sources for n in scales for r in seeds]
     return cells + [(t, ZEROSHOT, 0, 0) for t in tasks]
+
+
+def shifted_params(world: dict, dataset: str) -> dict:
+    """The slice of the world config one dataset's shifted test set depends on (``world_shifted``'s params):
+    the seed, image size, the dataset's classes (factors, values) and its share of ``world.shifted``."""
+    spec = world["datasets"][dataset]
+    shifted = world["shifted"]
+    return canonical({
+        "seed": world["seed"], "image_size": world["image_size"],
+        "datasets": {dataset: {k: spec[k] for k in ("factors", "values", "per_class") if k in spec}},
+        "shifted": {"style": shifted["style"], "templates": shifted["templates"],
+                    "per_class": {dataset: shifted["per_class"].get(dataset, 0)}},
+    })

@@ -171,27 +171,35 @@ TOP_K = 5  # ranked predictions kept per image: top-1 and top-5 accuracy recompu
 @torch.no_grad()
 def predict(
     model: ImageClassifier, paths: Sequence[str], transform: Callable, batch_size: int, device: str,
-    precision: str, num_workers: int = 0, k: int = TOP_K,
+    precision: str, num_workers: int = 0, k: int = TOP_K, classes: Sequence[int] | None = None,
 ) -> np.ndarray:
     """The ``k`` highest-scoring classes of every image, best first: int array (N, min(k, classes)).
-    ``num_workers`` processes read and preprocess the images (``embed.image_loader``), as training's do."""
+    ``num_workers`` processes read and preprocess the images (``embed.image_loader``), as training's do.
+    ``classes``: only these class labels compete (an evaluation set covering some of the task's classes);
+    the result still holds task labels."""
     model.eval()
     loader = image_loader(ImageDataset(list(paths), transform), batch_size, num_workers, device)
+    allowed = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long)
     ranked = []
     for x in loader:
         with autocast(device, precision):
             logits = model(x.to(device)).float()
+        if allowed is not None:
+            top = logits[:, allowed.to(logits.device)].topk(min(k, len(allowed)), dim=1).indices.cpu()
+            ranked.append(allowed[top])
+            continue
         ranked.append(logits.topk(min(k, logits.shape[1]), dim=1).indices.cpu())
-    k = min(k, model.head.out_features)
+    k = min(k, model.head.out_features if classes is None else len(classes))
     return torch.cat(ranked).numpy().astype(np.int32) if ranked else np.zeros((0, k), dtype=np.int32)
 
 
 def evaluate(
     model: ImageClassifier, paths: Sequence[str], labels: Sequence[int], n_classes: int, transform: Callable,
-    batch_size: int, device: str, precision: str, num_workers: int = 0,
+    batch_size: int, device: str, precision: str, num_workers: int = 0, classes: Sequence[int] | None = None,
 ) -> tuple[dict, np.ndarray]:
-    """Accuracy of the model on the images (see ``accuracy``) and its ranked predictions."""
-    ranked = predict(model, paths, transform, batch_size, device, precision, num_workers)
+    """Accuracy of the model on the images (see ``accuracy``) and its ranked predictions (``classes``: only
+    these labels compete, see ``predict``)."""
+    ranked = predict(model, paths, transform, batch_size, device, precision, num_workers, classes=classes)
     return accuracy(ranked, np.asarray(labels), n_classes), ranked
 
 

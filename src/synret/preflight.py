@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from .caption_files import download_hint
-from .config import HUB_ID, canonical, isc_weights_of, stage_settings, task_definition
+from .config import HUB_ID, canonical, eval_sets_of, isc_weights_of, stage_settings, task_definition
 from .sources import curated_sources_of
+from .clip_benchmark import TEMPLATES
 from .tasks import DOWNLOAD_HINTS, FORMATS, required_paths
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -189,12 +190,17 @@ def check_copydetect(key: str, path: str) -> list[Problem]:
 # ---------------------------------------------------------------- data
 
 
-def check_dataset(task: str, dataset: dict) -> list[Problem]:
-    key = f"task_settings.{task}.dataset.root"
+def check_dataset(task: str, dataset: dict, templates_file: bool = False, prefix: str | None = None) -> list[Problem]:
+    """A task's dataset (or, with ``prefix``, the dataset at that config key): every file its format needs,
+    and its template file where the config gives no templates (``templates_file``)."""
+    prefix = prefix or f"task_settings.{task}.dataset"
+    key = f"{prefix}.root"
     fmt = dataset["format"]
     if fmt not in FORMATS:
-        return [Problem(f"task_settings.{task}.dataset.format", f"unknown format {fmt!r}", ", ".join(FORMATS))]
+        return [Problem(f"{prefix}.format", f"unknown format {fmt!r}", ", ".join(FORMATS))]
     missing = [p for p in required_paths(dataset) if not os.path.exists(p)]
+    if templates_file:
+        missing += [p for p in [os.path.join(dataset["root"], TEMPLATES)] if not os.path.exists(p)]
     if not missing:
         return []
     shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
@@ -304,7 +310,10 @@ def preflight_problems(spec: dict[str, Any], endpoint: str | None = None) -> lis
         problems += check_causal_lm("prompts.llm.model", llm["model"], llm.get("cache_dir"), endpoint)
     problems += check_caption_files(spec.get("caption_files", []))
     for task, dataset in sorted(spec["datasets"].items()):
-        problems += check_dataset(task, dataset)
+        problems += check_dataset(task, dataset, task in spec.get("dataset_templates", []))
+    for task, sets in sorted(spec.get("eval_sets", {}).items()):  # the tasks' extra evaluation sets
+        for name, dataset in sorted(sets.items()):
+            problems += check_dataset(task, dataset, prefix=f"task_settings.{task}.eval_sets.{name}.dataset")
     if spec.get("pool"):
         problems += check_pool(spec["pool"], spec["retrieval"])
     for weights in spec.get("copydetect", []):
@@ -319,6 +328,12 @@ def preflight_spec(config: dict) -> dict:
         "clip": {k: config["clip"].get(k) for k in ("model", "pretrained", "cache_dir")},
         "datasets": {t: task_definition(config, t)["dataset"] for t in tasks},
     }
+    templated = [t for t in tasks if task_definition(config, t)["templates"] is None]
+    if templated:  # tasks whose templates come from their dataset's template file (clip_benchmark)
+        spec["dataset_templates"] = templated
+    sets = {t: {name: s["dataset"] for name, s in eval_sets_of(config, t).items()} for t in tasks}
+    if any(sets.values()):
+        spec["eval_sets"] = {t: named for t, named in sets.items() if named}
     for source in curated_sources_of(config):  # each source's models, pool and index (and those mixed ones draw on)
         for key, value in source.preflight(config).items():
             if key == "generators":

@@ -95,8 +95,8 @@ def split_sizes(config: dict, task: str, results: str = "results") -> dict[str, 
     """Images in the task's train, val and test splits: ``{"train": n, "val": n, "test": n}``.
 
     Benchmark formats from ``KNOWN_SPLIT_SIZES``, the demo world's datasets from its config; otherwise the
-    task's manifests under ``results`` where they exist, the files of the split's folder, or
-    ``UNKNOWN_SPLIT_SIZE``."""
+    task's manifests under ``results`` where they exist, the files of the split's folder (not of a
+    clip_benchmark dataset's tars), or ``UNKNOWN_SPLIT_SIZE``."""
     dataset = task_definition(config, task)["dataset"]
     names = dataset["splits"]
     carve = dataset.get("val_from_train")
@@ -113,7 +113,9 @@ def split_sizes(config: dict, task: str, results: str = "results") -> dict[str, 
     if all(n is not None for n in counted.values()):
         return counted
     root = Path(dataset["root"])
-    sizes = {s: _files_under(root / names[s]) for s in SPLITS if not (s == "val" and carve)}
+    # a clip_benchmark dataset's images are packed in tars: not counted before its task job unpacks them
+    packed = dataset["format"] == "clip_benchmark"
+    sizes = {s: None if packed else _files_under(root / names[s]) for s in SPLITS if not (s == "val" and carve)}
     if carve and sizes["train"] is not None:
         sizes["train"], sizes["val"] = carved_sizes(sizes["train"], carve["size"])
     out = {}

@@ -13,7 +13,14 @@ layout, never downloaded:
 - ``flowers102``: torchvision's layout (``flowers-102/{jpg, imagelabels.mat, setid.mat}``) and class
   names, read with scipy (torchvision's class also insists on the md5 of the original .mat files);
 - ``imagenet``: ``{root}/{split}/{wnid}/*`` (val sorted into class folders) with class names from
-  open_clip's zero-shot metadata (the OpenAI names the paper uses) or a ``<folder> <name>`` file.
+  open_clip's zero-shot metadata (the OpenAI names the paper uses) or a ``<folder> <name>`` file;
+- ``clip_benchmark``: CLIP_benchmark's webdataset layout (``{root}/{split}/N.tar`` of image + ``.cls``
+  samples, ``classnames.txt``, ``zeroshot_classification_templates.txt``; see ``synret.clip_benchmark``),
+  the hub copies ``clip-benchmark/wds_*``. Its images are unpacked under the task's output folder
+  (``images/{split}/{shard}/{key}.{ext}``), so that the manifests name image files as for every other
+  format. Where the task config gives no ``templates``, the dataset's template file provides them
+  (and, through them, the retrieval and filter templates). A split without a folder is an error, except
+  train, which is optional (written empty) unless val is carved out of it.
 
 A split the dataset lacks (Cars and ImageNet have no official val) is carved out of its train split
 with ``val_from_train`` ({size, seed}), by ``torch.utils.data.random_split`` as in the paper's code.
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,6 +38,8 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from .clip_benchmark import CLASSNAMES, LayoutError, extract_split, iter_samples, read_classnames, read_templates
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -105,6 +115,9 @@ DOWNLOAD_HINTS = {
     "imagenet": "ILSVRC-2012 from https://image-net.org/download-images (or the gated hub dataset "
                 "ILSVRC/imagenet-1k), as {root}/train/<wnid>/*.JPEG and {root}/val/<wnid>/*.JPEG (val sorted "
                 "into class folders)",
+    "clip_benchmark": "a dataset in CLIP_benchmark's webdataset layout, e.g. `hf download "
+                      "clip-benchmark/wds_imagenetv2 --repo-type dataset --local-dir {root}`: {root}/classnames.txt, "
+                      "{root}/zeroshot_classification_templates.txt and {root}/<split>/0.tar, 1.tar, ...",
 }
 FORMATS = tuple(DOWNLOAD_HINTS)
 FLOWERS_SPLITS = {"train": "trnid", "val": "valid", "test": "tstid"}
@@ -137,6 +150,9 @@ def required_paths(dataset: dict) -> list[str]:
         out = [str(root / s) for s in _native_splits(dataset)]
         names = dataset.get("classnames", "open_clip")
         return out + ([] if names == "open_clip" else [names])
+    if fmt == "clip_benchmark":  # train is optional unless val is carved out of it
+        needed = ("train", "test") if dataset.get("val_from_train") else ("val", "test")
+        return [str(root / CLASSNAMES)] + [str(root / s) for s in sorted({splits.get(s, s) for s in needed})]
     needed = ("train", "test") if dataset.get("val_from_train") else ("val", "test")  # else train is optional
     return [str(root / splits.get(s, s)) for s in needed]
 
@@ -231,9 +247,44 @@ def _imagenet_rows(dataset: dict, split: str) -> tuple[list[str], list[str], lis
     return classnames, paths, labels
 
 
-def native_split(dataset: dict, split: str) -> tuple[list[str], list[str], list[int]]:
-    """(class names, image paths, labels) of one of the dataset's own splits, in the dataset's order."""
+def _clip_benchmark_rows(dataset: dict, split: str, images_dir: Path | None) -> tuple[list[str], list[str], list[int]]:
+    if images_dir is None:
+        raise ValueError("a clip_benchmark dataset needs a folder to unpack its images into")
+    try:
+        classnames = read_classnames(dataset["root"])
+        _, paths, labels = extract_split(dataset["root"], split, Path(images_dir) / split)
+    except LayoutError as e:
+        raise TaskDataError(f"clip_benchmark dataset {str(dataset['root'])!r} (split {split!r}): {e}. Expected: "
+                            + DOWNLOAD_HINTS["clip_benchmark"].replace("{root}", str(dataset["root"]))) from None
+    return classnames, paths, labels
+
+
+def clear_unpacked(folder: Path, root: str | Path) -> None:
+    """Remove a folder of images unpacked by an earlier run, never one that holds the dataset itself."""
+    folder, root = Path(folder).resolve(), Path(root).resolve()
+    if root == folder or folder in root.parents:
+        raise TaskDataError(f"dataset root {str(root)!r} lies inside {str(folder)!r}, where its images would be "
+                            "unpacked: move the dataset")
+    if folder.exists():
+        shutil.rmtree(folder)
+
+
+def dataset_templates(dataset: dict) -> list[str]:
+    """The zero-shot templates a dataset ships (clip_benchmark: its template file)."""
+    if dataset["format"] != "clip_benchmark":
+        raise TaskDataError(f"a {dataset['format']} dataset ships no templates: give the task's templates in the config")
+    try:
+        return read_templates(dataset["root"])
+    except LayoutError as e:
+        raise TaskDataError(f"{e}; give the task's templates in the config or add the file") from None
+
+
+def native_split(dataset: dict, split: str, images_dir: Path | None = None) -> tuple[list[str], list[str], list[int]]:
+    """(class names, image paths, labels) of one of the dataset's own splits, in the dataset's order.
+    ``images_dir``: where a packed format (clip_benchmark) unpacks its images, one folder per split."""
     fmt = dataset["format"]
+    if fmt == "clip_benchmark":
+        return _clip_benchmark_rows(dataset, split, images_dir)
     if fmt in ("dtd", "fgvc_aircraft", "stanford_cars"):
         return _torchvision_rows(dataset, split)
     if fmt == "flowers102":
@@ -274,15 +325,20 @@ def _manifest(keys: list[str], labels: list[int], paths: list[str]) -> pa.Table:
                      "path": pa.array(paths, pa.string())})
 
 
-def load_benchmark_splits(dataset: dict) -> tuple[list[str], dict[str, pa.Table]]:
-    """Class names and the train/val/test manifests of a dataset in one of the benchmark formats."""
+def load_benchmark_splits(dataset: dict, images_dir: str | Path | None = None) -> tuple[list[str], dict[str, pa.Table]]:
+    """Class names and the train/val/test manifests of a dataset in one of the benchmark formats
+    (``images_dir``: where a clip_benchmark dataset's images are unpacked)."""
     splits = {"train": "train", "val": "val", "test": "test", **dataset.get("splits", {})}
     carve = dataset.get("val_from_train")
+    packed = dataset["format"] == "clip_benchmark"
     rows, classnames = {}, None
     for ours in SPLITS:
         if ours == "val" and carve:
             continue
-        names, paths, labels = native_split(dataset, splits[ours])
+        if packed and ours == "train" and not carve and not (Path(dataset["root"]) / splits["train"]).is_dir():
+            rows["train"] = ([], [])  # an evaluation-only dataset: the train split is optional
+            continue
+        names, paths, labels = native_split(dataset, splits[ours], images_dir)
         if classnames is not None and names != classnames:
             raise TaskDataError(f"split {splits[ours]!r} of {dataset['root']!r} has different classes than the others")
         classnames, rows[ours] = names, (paths, labels)
@@ -291,7 +347,7 @@ def load_benchmark_splits(dataset: dict) -> tuple[list[str], dict[str, pa.Table]
         train_idx, val_idx = carve_val(len(paths), carve["size"], carve["seed"])
         rows["train"] = ([paths[i] for i in train_idx], [labels[i] for i in train_idx])
         rows["val"] = ([paths[i] for i in val_idx], [labels[i] for i in val_idx])
-    root = Path(dataset["root"])
+    root = Path(images_dir) if packed else Path(dataset["root"])
     tables = {}
     for ours, (paths, labels) in rows.items():
         keys = [f"{ours}/{os.path.relpath(p, root)}" for p in paths]
@@ -308,12 +364,10 @@ def wds_to_imagefolder(wds_root: str | Path, out: str | Path, splits: tuple[str,
     Output: ``{out}/{split}/{class folder}/{key}.{ext}`` and ``{out}/classnames.txt``, the ``imagefolder``
     format. Splits without shards are skipped. Returns the image count per split.
     """
-    import tarfile
-
     root, out = Path(wds_root), Path(out)
     try:
-        classnames = [line.strip() for line in (root / "classnames.txt").read_text().splitlines() if line.strip()]
-    except OSError as e:
+        classnames = read_classnames(root)
+    except LayoutError as e:
         raise TaskDataError(f"webdataset benchmark {str(root)!r} has no readable classnames.txt ({e})") from None
     counts, folders = {}, class_folders(classnames)
     for split in splits:
@@ -322,23 +376,14 @@ def wds_to_imagefolder(wds_root: str | Path, out: str | Path, splits: tuple[str,
             continue
         counts[split] = 0
         for shard in shards:
-            samples: dict[str, dict[str, bytes]] = {}
-            with tarfile.open(shard) as tar:
-                for member in tar:
-                    if member.isfile() and "." in Path(member.name).name:
-                        key, ext = Path(member.name).name.split(".", 1)
-                        samples.setdefault(key, {})[ext.lower()] = tar.extractfile(member).read()
-            for key, parts in sorted(samples.items()):
-                ext = next((e for e in ("jpg", "jpeg", "png", "webp") if e in parts), None)
-                if ext is None or "cls" not in parts:
-                    raise TaskDataError(f"{shard}: sample {key!r} lacks an image or a .cls label")
-                label = int(parts["cls"].decode().strip())
-                if not 0 <= label < len(classnames):
-                    raise TaskDataError(f"{shard}: sample {key!r} has label {label}, beyond classnames.txt")
-                target = out / split / folders[label] / f"{key}.{ext}"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(parts[ext])
-                counts[split] += 1
+            try:
+                for key, ext, data, label in iter_samples(shard, len(classnames)):
+                    target = out / split / folders[label] / f"{key.replace('/', '_')}.{ext}"
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(data)
+                    counts[split] += 1
+            except LayoutError as e:
+                raise TaskDataError(str(e)) from None
     if not counts:
         raise TaskDataError(f"webdataset benchmark {str(root)!r} has no {'/'.join(splits)}/*.tar shards")
     for split in counts:  # every class has a folder, also where a split has no image of it
@@ -370,7 +415,10 @@ def build_task(name: str, definition: dict[str, Any], out_dir: str | Path) -> di
     classnames, sizes = None, {}
     by_folders = dataset["format"] == "imagefolder" and not dataset.get("val_from_train")
     if not by_folders:
-        classnames, tables = load_benchmark_splits(dataset)
+        images = out / "images"  # a clip_benchmark dataset's images, unpacked afresh on every run
+        if dataset["format"] == "clip_benchmark":
+            clear_unpacked(images, dataset["root"])
+        classnames, tables = load_benchmark_splits(dataset, images)
         for split, table in tables.items():
             pq.write_table(table, out / f"{split}.parquet")
             sizes[split] = table.num_rows
@@ -389,12 +437,13 @@ def build_task(name: str, definition: dict[str, Any], out_dir: str | Path) -> di
         classnames = names
         pq.write_table(table, out / f"{split}.parquet")
         sizes[split] = table.num_rows
+    templates = definition.get("templates") or dataset_templates(dataset)
     task = {
         "name": name,
         "classnames": classnames,
-        "templates": definition["templates"],
-        "retrieval_templates": definition["retrieval_templates"],
-        "filter_templates": definition["filter_templates"],
+        "templates": templates,
+        "retrieval_templates": definition.get("retrieval_templates") or templates,
+        "filter_templates": definition.get("filter_templates") or templates,
         "queries": default_queries(classnames, definition["queries"]),
         "split_sizes": sizes,
     }

@@ -187,3 +187,49 @@ def build_world_data(cfg: dict[str, Any], pool_dir: str | Path, datasets_dir: st
     }
     (pool_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     return summary
+
+
+# ---------------------------------------------------------------- shifted test sets
+
+SHIFTED_SPLIT = "test"
+
+
+def _shifted_rng(seed: int, name: str) -> np.random.Generator:
+    """Each dataset's shifted set draws from its own stream: adding one changes no other image of the world."""
+    import zlib
+
+    return np.random.default_rng([int(seed), 0x5EF7, zlib.crc32(name.encode())])
+
+
+def build_shifted_set(cfg: dict[str, Any], name: str, out: str | Path) -> dict:
+    """Render one dataset's shifted test set, in CLIP_benchmark's webdataset layout under ``out``.
+
+    The same classes as the dataset, drawn in ``cfg["shifted"]["style"]`` (another style than the
+    benchmark's and the pool's: e.g. noisy backgrounds, objects smaller, further off-centre, turned
+    further, their colours jittered more), ``per_class[name]`` images a class. Written as
+    ``test/0.tar`` (``{key}.png`` + ``{key}.cls``) with ``test/nshards.txt``, ``classnames.txt`` and
+    ``zeroshot_classification_templates.txt`` (``cfg["shifted"]["templates"]``), so that the demo reads
+    it as the real shifted benchmarks are read. ``cfg``: the world config (seed, image_size, datasets, shifted).
+    """
+    from .. import clip_benchmark as cb
+    from ..shards import encode_image
+
+    shifted = cfg["shifted"]
+    if name not in cfg["datasets"]:
+        raise ValueError(f"world.shifted: no world dataset {name!r}")
+    per_class = int(shifted["per_class"].get(name, 0))
+    if per_class < 1:
+        raise ValueError(f"world.shifted.per_class.{name}: needs at least 1 image a class")
+    spec = DatasetSpec.from_config(name, cfg["datasets"][name])
+    style = style_from_config(shifted["style"])
+    rng = _shifted_rng(cfg["seed"], name)
+    classes = spec.classes()
+    labels = np.repeat(np.arange(len(classes)), per_class)
+    fixed = {f: np.array([classes[y][j] for y in labels]) for j, f in enumerate(spec.factors)}
+    attrs = sample_attributes(rng, len(labels), style, fixed=fixed)
+    images = render(attrs, int(cfg["image_size"]), rng, style)
+    out = Path(out)
+    cb.write_metadata(out, spec.classnames(), shifted["templates"])
+    count = cb.write_split(out, SHIFTED_SPLIT, ((f"s{i:07d}", encode_image(img, "png"), int(y))
+                                               for i, (img, y) in enumerate(zip(images, labels))))
+    return {"dataset": name, "images": count, "classes": len(classes)}
