@@ -8,6 +8,7 @@
 #   tasks      class names, templates, split manifests            results/tasks/{task}/
 #   prompts    generator prompts and retrieval queries            results/prompts/{task}/
 #   synthetic  generated webdataset shards + manifests, per generator   results/{generator}/{task}/ (synthetic, ...)
+#   img2img    a curated source's images regenerated (optional)   results/<img2img source>/{task}/
 #   retrieval  kNN + substring hits, img2dataset download         results/retrieval/{task}/
 #              (and a random source's untargeted pool sample)     results/random/{task}/
 #   curate     CLIP-score filter, eval-set dedup, per source      results/curated/{task}/{source}/
@@ -35,6 +36,7 @@ include: "rules/preflight.smk"
 include: "rules/tasks.smk"
 include: "rules/prompts.smk"
 include: "rules/synthetic.smk"
+include: "rules/img2img.smk"
 include: "rules/retrieval.smk"
 include: "rules/curate.smk"
 include: "rules/finetune.smk"

@@ -41,6 +41,8 @@ from synret.sources import (
     curated_sources_of,
     generator_settings,
     grid,
+    img2img_settings,
+    img2img_sources_of,
     random_sources_of,
     sampling_settings,
     source,
@@ -177,8 +179,23 @@ def source_images(wildcards):
 
 
 def generator_of(wildcards):
-    """The generator block of the job's synthetic source (synret.sources.generator_settings)."""
-    return canonical(generator_settings(source(wildcards.generator, config), config))
+    """The generator block of the job's synthetic or img2img source (synret.sources.generator_settings)."""
+    name = getattr(wildcards, "generator", None) or wildcards.source
+    return canonical(generator_settings(source(name, config), config))
+
+
+def img2img_of(wildcards):
+    """What the job's img2img source does for its task: sampling settings, strength, prompt, which source's
+    images and how many (synret.sources.img2img_settings)."""
+    return canonical(img2img_settings(source(wildcards.source, config), config, wildcards.task))
+
+
+def img2img_inputs(wildcards):
+    """An img2img shard's inputs: the curated manifest of the source it transforms, and that source's images."""
+    parent = img2img_settings(source(wildcards.source, config), config, wildcards.task)["of"]
+    shards = source(parent, config).images(config, wildcards.task)["shards"]
+    return {"parent": f"results/curated/{wildcards.task}/{parent}/manifest.parquet",
+            "parent_shards": [shards] if isinstance(shards, str) else shards}
 
 
 def curated_names(curation):

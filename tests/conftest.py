@@ -51,6 +51,20 @@ def shape_images():
 
 
 @pytest.fixture(scope="session")
+def pipeline_dir(tmp_path_factory, tiny_clip_dir, shape_images) -> str:
+    """A tiny Stable-Diffusion pipeline trained for a few steps, saved with save_pretrained (the generator
+    tests of text-to-image and image-to-image sampling share it). Its VAE trains long enough (40 steps, a few
+    seconds) that a round trip resembles the input, which the image-to-image strength test measures against."""
+    from synret.world.generator import GeneratorConfig, train_generator
+
+    images, labels = shape_images
+    out = tmp_path_factory.mktemp("pipe")
+    cfg = GeneratorConfig(vae_steps=40, unet_steps=2, unet_block_out_channels=(16, 32, 32), unet_norm_num_groups=8)
+    train_generator(images, [f"a shape {y}" for y in labels], tiny_clip_dir, str(out), cfg, log=lambda m: None)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """One local run of configs/smoke.yaml (minutes): the end-to-end tests inspect it, and the SLURM test
     compares its own run against it. Returns (workdir, wall seconds)."""

@@ -308,7 +308,7 @@ def test_every_jobs_walltime_covers_its_work(paper, tmp_path):
 
 def test_dry_run_plans_every_source(paper, tmp_path):
     """The sources beyond the paper's two, as paper.yaml's comment lists them, plan on the paper's grid."""
-    every = ["synthetic", "sd21", "retrieved", "mixed", "real", "random"]
+    every = ["synthetic", "sd21", "retrieved", "mixed", "real", "random", "img2img"]
     stand_ins(tmp_path, paper)
     (tmp_path / "sources.yaml").write_text(yaml.safe_dump({"sources": every}))
     proc = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "configs" / "paper.yaml"), str(tmp_path / "sources.yaml"))
@@ -318,13 +318,17 @@ def test_dry_run_plans_every_source(paper, tmp_path):
     settings = paper["source_settings"]
     per_task = (4 * len(scales) * len(seeds)  # synthetic, sd21, retrieved, random
                 + len(settings["mixed"]["ratios"]) * len(settings["mixed"]["scales"]) * len(seeds)
-                + len(settings["real"]["per_class"]) * len(seeds))
+                + len(settings["real"]["per_class"]) * len(seeds)
+                + len(settings["img2img"]["scales"]) * len(seeds))
     assert stats["finetune"] == len(tasks) * per_task
     assert stats["synthesize_shard"] == 2 * 250  # each generator samples every prompt
+    shards = shard_count(settings["img2img"]["images"], paper["synthetic"]["shard_size"])
+    assert stats["img2img_shard"] == len(tasks) * shards  # retrieved's first `images` kept images, regenerated
     assert stats["random_sample"] == stats["curate_real"] == len(tasks)
     assert stats["fetch_retrieved"] == 2 * len(tasks)  # the retrieved candidates and the random sample
-    assert stats["curate"] == 4 * len(tasks)  # mixed has no curated set of its own, real is kept as it is
+    assert stats["curate"] == 5 * len(tasks)  # mixed has no curated set of its own, real is kept as it is
     for cell in ("imagenet/sd21/n1000/seed42", "dtd/mixed-25/n10000/seed42", "flowers102/real/kall/seed42",
                  "stanford_cars/random/n100000/seed42"):
         assert f"results/cells/{cell}/metrics.json" in proc.stdout
     assert "results/sd21/imagenet/shard-00000.tar" in proc.stdout
+    assert "results/img2img/dtd/shard-00001.tar" in proc.stdout and "imagenet/img2img/n100000" not in proc.stdout

@@ -127,6 +127,18 @@ def test_isc_dedup_adds_its_network_and_images(real):
     assert estimate("curate", isc, retrieved, manifest_rows=lambda: 500_000)["runtime"] > with_isc["runtime"] + 60
 
 
+def test_img2img_walltime_follows_its_images_and_strength(real):
+    cfg = deep_merge(real, {"sources": [*real["sources"], "img2img"],
+                            "synthetic": {"steps": 50, "height": 512, "width": 512},
+                            "source_settings": {"img2img": {"images": 10000, "strength": 0.1}}})
+    shard = {"task": "shapes", "source": "img2img", "shard": "00000"}
+    weak = estimate("img2img_shard", cfg, shard)
+    strong = estimate("img2img_shard", deep_merge(cfg, {"source_settings": {"img2img": {"strength": 1.0}}}), shard)
+    assert strong["runtime"] > weak["runtime"] >= MIN_RUNTIME  # 50 denoising steps an image against 5
+    few = estimate("img2img_shard", deep_merge(cfg, {"source_settings": {"img2img": {"images": 10}}}), shard)
+    assert few["runtime"] <= weak["runtime"] and few["mem_mb"] < weak["mem_mb"]  # a shard holds at most `images`
+
+
 def test_real_models_ask_for_more_than_the_demo(demo, real):
     for job in ("synthesize_shard", "finetune", "zeroshot", "curate"):
         assert estimate(job, real, CELL)["mem_mb"] > estimate(job, demo, CELL)["mem_mb"]

@@ -127,7 +127,7 @@ def test_every_job_went_through_sbatch(slurm_run):
         assert record["WorkDir"] == str(workdir)
         assert record["Comment"].startswith(f"rule_{rule}")
         gpus = record.get("TresPerJob", "")
-        if rule in ("synthesize_shard", "curate", "finetune", "zeroshot"):
+        if rule in ("synthesize_shard", "img2img_shard", "curate", "finetune", "zeroshot"):
             assert gpus == "gres:gpu:1", (rule, record)  # from the rule's gpu=1, as --gpus=1
         else:
             assert "gpu" not in gpus, (rule, record)

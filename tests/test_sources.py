@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +46,7 @@ def sixth(monkeypatch):
 def test_the_default_sources_are_defined(config):
     assert [s.name for s in sources.sources_of(config)] == config["sources"]
     for s in sources.SOURCES.values():
-        assert s.stage in ("synthetic", "retrieval", "random", "tasks", "finetune") and s.label and s.color.startswith("#")
+        assert s.stage in ("synthetic", "img2img", "retrieval", "random", "tasks", "finetune") and s.label and s.color.startswith("#")
     check_config(config, SCHEMA)  # the default grid runs every kind
 
 
@@ -198,3 +201,102 @@ def test_random_and_real_candidates():
     train = pd.DataFrame({"key": ["train/a.png"], "label": [3], "path": ["/data/a.png"]})
     rows = sources.REAL.candidates(train)
     assert rows.iloc[0]["member"] == "/data/a.png" and rows.iloc[0]["shard"] is None and rows.iloc[0]["label"] == 3
+
+
+# ----------------------------------------------------------------------------- img2img
+
+
+@pytest.fixture
+def with_img2img(config) -> dict:
+    config["sources"] = [*config["sources"], "img2img"]
+    config["source_settings"]["img2img"] = {"images": 700, "seeds": [0]}
+    return config
+
+
+def test_img2img_transforms_a_curated_source_and_has_its_own_cells_and_curated_set(with_img2img):
+    config = with_img2img
+    check_config(config, SCHEMA)
+    img2img = sources.source("img2img", config)
+    assert img2img.kind == img2img.stage == "img2img" and img2img.curation == "clip"
+    ids = {cell.id for cell in sources.grid(config)}
+    assert {f"shapes/img2img/n{n}/seed0" for n in config["scales"]} <= ids and "shapes/img2img/n50/seed1" not in ids
+    # 700 of retrieved's kept images, 360 a shard (the synthetic block's shard_size): two shards
+    assert img2img.images(config, "shapes") == {
+        "shards": [f"results/img2img/shapes/shard-0000{i}.tar" for i in (0, 1)],
+        "manifests": [f"results/img2img/shapes/shard-0000{i}.parquet" for i in (0, 1)]}
+    # its parent is an input of its stage, not of its cells: the parent is curated first, its cells read its own
+    assert img2img.parents(config) == ("retrieved",) and img2img.curated_sources(config) == ("img2img",)
+    assert [s.name for s in sources.curated_sources_of(config)][-1] == "img2img"
+    settings = sources.img2img_settings(img2img, config, "shapes")
+    assert (settings["of"], settings["strength"], settings["prompt"]) == ("retrieved", 0.5, "a photo of {a/an} {c}")
+    assert sources.effective_steps(settings["steps"], settings["strength"]) == 3  # 6 steps at 0.5
+    assert "img2img" in preflight_spec({**config, "world": None})["generators"]
+    assert estimate("img2img_shard", config, {"task": "shapes", "source": "img2img", "shard": "00000"})["mem_mb"] > 0
+    stored = sources.source("img2img").storage(img2img.storage_settings(config, "shapes"))(
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)))
+    assert Image.open(io.BytesIO(stored)).size == (config["synthetic"]["save_size"],) * 2
+
+
+def test_img2img_candidates_name_the_parent_image():
+    made = pd.DataFrame({"key": ["i0000000"], "label": [3], "prompt": ["a photo of a circle"], "shard": ["s"],
+                         "sha256": ["x"], "source_key": ["r7-c3"]})
+    rows = sources.IMG2IMG.candidates(made)
+    assert rows.iloc[0]["origin"] == "r7-c3" and rows.iloc[0]["source"] == "img2img" and rows.iloc[0]["member"] == "i0000000"
+
+
+def test_an_img2img_instance_of_another_source(with_img2img):
+    """Another strength of another source, under its own name; a mix of it curates what it transforms."""
+    config = with_img2img
+    config["source_settings"]["probe"] = {"kind": "img2img", "of": "synthetic_early", "strength": 1.0, "images": 50,
+                                          "synthetic": {"shard_size": 20, "steps": 3}}
+    config["sources"] = ["synthetic", "probe"]
+    check_config(config, SCHEMA)
+    probe = sources.source("probe", config)
+    assert probe.kind == "img2img" and probe.label == "probe"
+    assert probe.images(config, "shapes")["shards"][-1] == "results/probe/shapes/shard-00002.tar"  # 50 at 20 a shard
+    assert [s.name for s in sources.curated_sources_of(config)] == ["synthetic", "synthetic_early", "probe"]
+    config["source_settings"]["mixed"]["of"] = ["synthetic", "img2img"]
+    config["sources"] = ["synthetic", "mixed"]
+    check_config(config, SCHEMA)
+    assert [s.name for s in sources.curated_sources_of(config)] == ["synthetic", "retrieved", "img2img"]
+    assert sources.source("mixed", config).curated_sources(config) == ("synthetic", "img2img")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.pop("images"), "source_settings.img2img.images"),
+    (lambda s: s.update(of="nothing"), "source_settings.img2img.of': unknown source 'nothing'"),
+    (lambda s: s.update(of="mixed"), "'mixed' has no curated images of its own to transform"),
+    (lambda s: s.update(of="img2img"), "source_settings.img2img.of': the sources transform each other in a circle"),
+    (lambda s: s.update(of=["retrieved", "synthetic"]), "source_settings.img2img.of': name the one curated source"),
+    (lambda s: s.update(strength=0), "source_settings.img2img.strength"),
+    (lambda s: s.update(strength=1.5), "source_settings.img2img.strength"),
+    (lambda s: s.update(strength=0.1), "source_settings.img2img.strength': 0.1 of 6 denoising steps"),
+    (lambda s: s.update(generator={"model": "./no/such/generator"}), "source_settings.img2img.generator.model'"),
+    (lambda s: s.update(kind="img2img", images=0), "source_settings.img2img"),
+])
+def test_bad_img2img_settings_are_config_errors_naming_the_key(with_img2img, change, message):
+    change(with_img2img["source_settings"]["img2img"])
+    with pytest.raises(ConfigError) as info:
+        check_config(with_img2img, SCHEMA)
+    assert message in str(info.value) and "Traceback" not in str(info.value)
+
+
+def test_the_smoke_run_plans_img2img_shards_from_the_curated_retrieved_images(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+         "--configfile", str(ROOT / "configs" / "smoke.yaml"), "--cores", "2", "results/tables/all.csv"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    smoke = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    assert "img2img" in smoke["sources"]
+    jobs = re.findall(r"^rule img2img_shard:\n    input: (.*)\n    output: (.*)\n", proc.stdout, re.M)
+    assert len(jobs) == len(smoke["tasks"])  # 60 images: one shard a task
+    for task in smoke["tasks"]:
+        inputs, outputs = next((i, o) for i, o in jobs if f"results/tasks/{task}/" in i)
+        assert inputs.split(", ") == [f"results/curated/{task}/retrieved/manifest.parquet",
+                                      f"results/retrieval/{task}/download", f"results/tasks/{task}/task.json",
+                                      "results/world/generator"]
+        assert outputs.split(", ") == [f"results/img2img/{task}/shard-00000.tar", f"results/img2img/{task}/shard-00000.parquet"]
+    for task in smoke["tasks"]:  # and its curation reads the shards
+        assert re.search(rf"^rule curate:\n    input: results/img2img/{task}/shard-00000.tar, "
+                         rf"results/img2img/{task}/shard-00000.parquet,", proc.stdout, re.M)

@@ -8,24 +8,13 @@ import tarfile
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from synret.prompts import generator_prompts
 from synret.shards import decode_image, iter_images
 from synret.synthesize import generate_shard, load_pipeline
-from synret.world.generator import GeneratorConfig, train_generator
 
 SAMPLING = {"batch_size": 3, "scheduler": "ddim", "steps": 2, "guidance_scale": 3.0, "height": 16, "width": 16,
             "save_size": 32, "image_format": "png", "seed": 7}
-
-
-@pytest.fixture(scope="module")
-def pipeline_dir(tmp_path_factory, tiny_clip_dir, shape_images):
-    images, labels = shape_images
-    out = tmp_path_factory.mktemp("pipe")
-    cfg = GeneratorConfig(vae_steps=2, unet_steps=2, unet_block_out_channels=(16, 32, 32), unet_norm_num_groups=8)
-    train_generator(images, [f"a shape {y}" for y in labels], tiny_clip_dir, str(out), cfg, log=lambda m: None)
-    return str(out)
 
 
 def test_generate_shard_writes_images_and_manifest(pipeline_dir, tmp_path):

@@ -81,6 +81,13 @@ def test_results_table(smoke_run):
         random = pq.read_table(workdir / f"results/curated/{task}/random/manifest.parquet").to_pandas()
         have = random[random["drop_reason"] != "download_failed"]
         assert (have["label"] == have["zeroshot_label"]).all() and len(have) > 0
+        # img2img: retrieved's first kept images (its seed-0 order), regenerated, then curated as its own source
+        img2img = pq.read_table(workdir / f"results/curated/{task}/img2img/manifest.parquet").to_pandas()
+        retrieved = pq.read_table(workdir / f"results/curated/{task}/retrieved/manifest.parquet").to_pandas()
+        assert 0 < len(img2img) <= cfg["source_settings"]["img2img"]["images"]
+        assert set(img2img["origin"]) <= set(retrieved.loc[retrieved["kept"], "key"])
+        trained = pq.read_table(workdir / f"results/cells/{task}/img2img/n30/seed0/train_manifest.parquet")
+        assert set(trained.column("source").to_pylist()) == {"img2img"}
     assert (cells["short"] == (cells["n_train"] < cells["scale"])).all()
     assert (table["wall_seconds"] > 0).all()
     assert (table["top1_lo"] <= table["top1"]).all() and (table["top1"] <= table["top1_hi"]).all()
@@ -112,7 +119,7 @@ def test_sources_table(smoke_run):
     workdir, _ = smoke_run
     cfg = smoke_config()
     curated = pd.read_csv(workdir / "results" / "tables" / "sources.csv")
-    assert len(curated) == len(cfg["tasks"]) * 5  # every source with a curated set (a mix has none of its own)
+    assert len(curated) == len(cfg["tasks"]) * 6  # every source with a curated set (a mix has none of its own)
     assert (curated["kept"] <= curated["candidates"]).all() and (curated["kept"] > 0).all()
     scored = curated[curated["source"] != "real"]  # the task's own images are kept as they are, unscored
     for column in ("label_fidelity", "label_fidelity_kept"):
@@ -224,6 +231,8 @@ REPRODUCIBLE = [  # what must be the same to the bit whatever --cores is and wha
     "results/synthetic/*/shard-*.parquet",
     "results/world/generator_early/*/*.safetensors",
     "results/synthetic_early/*/shard-*.tar",
+    "results/img2img/*/shard-*.tar",
+    "results/img2img/*/shard-*.parquet",
     "results/random/*/download_manifest.parquet",
     "results/curated/*/*/manifest.parquet",
     "results/cells/**/predictions.parquet",
@@ -281,7 +290,7 @@ def test_adding_a_scale_adds_only_its_cells(smoke_run):
     assert {wc["size"] for rule, wc in jobs if rule == "finetune"} == {"n20"}
     # every source on the grid's scales gains them; the mix and the real source keep their own
     assert {wc["source"] for rule, wc in jobs if rule == "finetune"} == {"synthetic", "synthetic_early", "retrieved",
-                                                                          "random"}
+                                                                          "random", "img2img"}
 
 
 def test_one_tasks_learning_rate_reruns_only_that_tasks_cells(smoke_run):
@@ -300,12 +309,12 @@ def test_generator_steps_rerun_synthesis_not_retrieval(smoke_run):
     workdir, _ = smoke_run
     jobs = planned(workdir, [{"synthetic": {"steps": smoke_config()["synthetic"]["steps"] + 1}}])
     rules = set(rule for rule, _ in jobs)
-    assert {"synthesize_shard", "curate", "finetune", "aggregate"} <= rules
+    assert {"synthesize_shard", "img2img_shard", "curate", "finetune", "aggregate"} <= rules
     assert not rules & {"knn_query", "substring_scan", "retrieval_candidates", "fetch_retrieved", "zeroshot",
                         "world_generator", "generator_prompts"}
-    # both generators sample with the synthetic block; the mix draws on the synthetic source
+    # both generators and img2img sample with the synthetic block; the mix draws on the synthetic source
     assert {wc["source"] for rule, wc in jobs if rule in ("curate", "finetune")} == {"synthetic", "synthetic_early",
-                                                                                     "mixed-50"}
+                                                                                     "img2img", "mixed-50"}
 
 
 def test_retrieval_k_reruns_retrieval_not_synthesis(smoke_run):
@@ -314,7 +323,9 @@ def test_retrieval_k_reruns_retrieval_not_synthesis(smoke_run):
     rules = set(rule for rule, _ in jobs)
     assert {"knn_query", "retrieval_candidates", "fetch_retrieved", "curate", "finetune", "aggregate"} <= rules
     assert not rules & {"synthesize_shard", "substring_scan", "generator_prompts", "world_index", "zeroshot"}
-    assert {wc["source"] for rule, wc in jobs if rule in ("curate", "finetune")} == {"retrieved", "mixed-50"}
+    # img2img regenerates retrieved's images: it reruns with them
+    assert {wc["source"] for rule, wc in jobs if rule in ("curate", "finetune")} == {"retrieved", "img2img", "mixed-50"}
+    assert "img2img_shard" in rules
 
 
 @pytest.mark.parametrize(

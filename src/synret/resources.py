@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from .config import produced_by_world, stage_settings
-from .sources import source
+from .sources import effective_steps, generator_settings, img2img_settings, source
 from .split_sizes import split_sizes
 
 # fixed host memory of a job that holds a model (weights, optimizer state, framework), MB
@@ -187,6 +187,19 @@ def _synthesize_shard(config, wildcards, job):
     images_mb = s["shard_size"] * s["save_size"] ** 2 * 3 / 1e6 + s["batch_size"] * pixels * 3 * 4 * 8 / 1e6
     per_step = SECONDS_PER_IMAGE_STEP_512 * pixels / 512**2 if kind == "real" else 0.01
     return GENERATOR_MB[kind] + 2 * images_mb, s["shard_size"] * s["steps"] * per_step
+
+
+def _img2img_shard(config, wildcards, job):
+    src = source(wildcards["source"], config)
+    s = img2img_settings(src, config, wildcards["task"])
+    kind = "demo" if produced_by_world(config, generator_settings(src, config)["model"]) else "real"
+    pixels = s["height"] * s["width"]
+    images = min(int(s["shard_size"]), int(s["images"] or s["shard_size"]))
+    # the shard's input images (encoded) and its finished images wait in memory; a batch on top
+    images_mb = images * (IMAGE_MB + s["save_size"] ** 2 * 3 / 1e6) + s["batch_size"] * pixels * 3 * 4 * 8 / 1e6
+    per_step = SECONDS_PER_IMAGE_STEP_512 * pixels / 512**2 if kind == "real" else 0.01
+    # int(steps * strength) denoising steps, and the VAE's encoding of the input counted as one more
+    return GENERATOR_MB[kind] + 2 * images_mb, images * (effective_steps(s["steps"], s["strength"]) + 1) * per_step
 
 
 # ---------------------------------------------------------------- jobs that read a task's images
@@ -351,6 +364,7 @@ def _substring_scan(config, wildcards, job):
 ESTIMATORS: dict[str, Callable] = {
     "world": _world,
     "synthesize_shard": _synthesize_shard,
+    "img2img_shard": _img2img_shard,
     "finetune": _finetune,
     "zeroshot": _zeroshot,
     "curate": _curate,

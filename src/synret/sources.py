@@ -10,6 +10,9 @@ A source is what a cell trains on. The kinds:
   zero-shot CLIP (a control: what the pool gives without targeting);
 - ``real``: the task's own labelled training images, ``k`` per class (``per_class``), so that the tables
   can say how many synthetic or retrieved images one real image is worth;
+- ``img2img``: the images another curated source kept (``of``, default ``retrieved``) passed through the
+  generator's image-to-image pipeline at a ``strength`` (the paper's generator-artifact probe: the same
+  real images, regenerated); curated like the others (``synret.img2img``);
 - ``mixed``: two curated sources drawn together at fixed totals, a share ``r`` of the second (``ratios``)
   and the rest of the first; each ratio is a source of its own in the results (``mixed-25``: 25% of the
   second).
@@ -20,7 +23,9 @@ A ``Source`` says everything the workflow needs to know about one:
   of (shards and the manifests that list them; the inputs of its curation and of its cells);
 - ``curation``: how its curated manifest is made: ``clip`` (the curate rule: CLIP-score filter and dedup
   against the evaluation images), ``all`` (kept as they are: the task's own training images) or ``None``
-  (it has none: it draws from its ``parents``' curated sets);
+  (it has none: its cells draw from its ``parents``' curated sets);
+- ``parents``: the sources whose curated images it draws on: a mix's two (its cells read theirs), an
+  img2img source's one (its stage reads it; its cells read its own curated set);
 - ``candidates``: how its manifests' rows become curation candidates (one row per image and label);
 - ``storage``: how it stores an incoming image, byte for byte (the leakage calibration plants copies the
   way the source would have stored them), and ``shard_size``: images per shard (for sizing jobs);
@@ -220,6 +225,128 @@ SYNTHETIC = Source(
     storage_settings_fn=sampling_settings, storage_fn=_synthetic_storage,
     shard_size_fn=lambda src, config, task: sampling_settings(src, config, task)["shard_size"],
     config_problems_fn=_synthetic_config_problems, preflight_fn=_synthetic_preflight,
+)
+
+
+# ----------------------------------------------------------------------------- img2img
+
+
+IMG2IMG_DEFAULTS = {"of": "retrieved", "strength": 0.5, "prompt": "a photo of {a/an} {c}"}
+
+
+def effective_steps(steps: int, strength: float) -> int:
+    """The denoising steps an image-to-image run takes: diffusers starts ``int(steps * strength)`` steps
+    before the end of a ``steps``-step schedule."""
+    return min(int(steps * strength), int(steps))
+
+
+def img2img_settings(src: Source, config: dict, task: str) -> dict:
+    """What an img2img source does for a task: its sampling settings (``sampling_settings``: the synthetic
+    block, the task's override, its own ``synthetic``), the ``strength``, the ``prompt`` template, the source
+    it transforms (``of``) and how many of that source's kept images (``images``; None where unset, a config
+    error when it runs)."""
+    own = src.settings(config)
+    settings = {**sampling_settings(src, config, task),
+                **{k: own.get(k, default) for k, default in IMG2IMG_DEFAULTS.items()}}
+    settings["images"] = own.get("images")
+    return settings
+
+
+def img2img_shard_ids(src: Source, config: dict, task: str) -> list[str]:
+    settings = img2img_settings(src, config, task)
+    if not settings["images"]:
+        raise ConfigError(f"config key 'source_settings.{src.name}.images': how many of "
+                          f"{settings['of']!r}'s kept images it transforms (required)")
+    return [f"{i:05d}" for i in range(shard_count(settings["images"], settings["shard_size"]))]
+
+
+def _img2img_images(src: Source, config: dict, task: str) -> dict:
+    ids = img2img_shard_ids(src, config, task)
+    return {"shards": [f"results/{src.name}/{task}/shard-{i}.tar" for i in ids],
+            "manifests": [f"results/{src.name}/{task}/shard-{i}.parquet" for i in ids]}
+
+
+def img2img_candidates(manifest, name: str = "img2img"):
+    """Its images as candidates: as a synthetic source's, but the origin is the parent's image."""
+    rows = synthetic_candidates(manifest, name)
+    rows["origin"] = manifest["source_key"]
+    return rows
+
+
+def _img2img_parent(src: Source, config: dict) -> str:
+    return (src.settings(config).get("of") or IMG2IMG_DEFAULTS["of"])
+
+
+def _img2img_chain(src: Source, config: dict) -> list[str]:
+    """Its parent, the parent's parent (where that is an img2img source too), ...; stops at a repeat."""
+    chain, current = [src.name], src
+    while current.kind == "img2img":
+        parent = _img2img_parent(current, config)
+        if not isinstance(parent, str):
+            break
+        chain.append(parent)
+        if parent in chain[:-1]:
+            break
+        try:
+            current = source(parent, config)
+        except ConfigError:
+            break
+    return chain
+
+
+def _img2img_problems(src: Source, config: dict, need) -> list[str]:
+    key = f"source_settings.{src.name}"
+    settings = src.settings(config)
+    problems = []
+    if not settings.get("images"):
+        problems.append(f"config key '{key}.images': how many of the kept images of the source it transforms "
+                        "(required: it fixes its shards before the parent is curated)")
+    parent = _img2img_parent(src, config)
+    if not isinstance(parent, str):
+        problems.append(f"config key '{key}.of': name the one curated source whose images it transforms")
+    else:
+        chain = _img2img_chain(src, config)
+        try:
+            kind = source(parent, config)
+        except ConfigError:
+            problems.append(f"config key '{key}.of': unknown source {parent!r}")
+        else:
+            if kind.curation is None:
+                problems.append(f"config key '{key}.of': {parent!r} has no curated images of its own to transform")
+            elif len(chain) != len(set(chain)):
+                problems.append(f"config key '{key}.of': the sources transform each other in a circle "
+                                f"({' <- '.join(chain)})")
+            elif parent not in config["sources"]:
+                problems += kind.config_problems(config, need)
+    strength = settings.get("strength", IMG2IMG_DEFAULTS["strength"])
+    if not 0 < strength <= 1:
+        problems.append(f"config key '{key}.strength': must lie in (0, 1], got {strength}")
+    else:
+        for task in config["tasks"]:
+            steps = sampling_settings(src, config, task)["steps"]
+            if effective_steps(steps, strength) < 1:
+                problems.append(f"config key '{key}.strength': {strength} of {steps} denoising steps (task {task}) "
+                                "leaves none (int(steps * strength) = 0)")
+                break
+    generator = generator_settings(src, config)["model"]
+    if _is_local_path(generator):
+        gkey = "generator.model" if generator == config["generator"]["model"] else f"{key}.generator.model"
+        need(gkey, generator, "generator directory")
+    return problems
+
+
+def _img2img_preflight(src: Source, config: dict) -> dict:
+    generator = generator_settings(src, config)
+    return {"generators": {src.name: {k: generator.get(k) for k in ("model", "cache_dir")}}}
+
+
+IMG2IMG = Source(
+    name="img2img", kind="img2img", label="img2img (retrieved, regenerated)", color="#17becf", marker="*",
+    stage="img2img", images_fn=_img2img_images, candidates_fn=_curated_candidates("img2img"),
+    storage_settings_fn=sampling_settings, storage_fn=_synthetic_storage,
+    shard_size_fn=lambda src, config, task: sampling_settings(src, config, task)["shard_size"],
+    config_problems_fn=_img2img_problems, preflight_fn=_img2img_preflight,
+    parents_fn=lambda src, config: (_img2img_parent(src, config),) if isinstance(_img2img_parent(src, config), str) else (),
 )
 
 
@@ -444,7 +571,7 @@ def _mixed_problems(src: Source, config: dict, need) -> list[str]:
     settings = mix_settings(src, config)
     key = f"source_settings.{src.name}"
     problems = []
-    if len(settings["of"]) != 2 or len(set(settings["of"])) != 2:
+    if isinstance(src.settings(config).get("of"), str) or len(settings["of"]) != 2 or len(set(settings["of"])) != 2:
         return [f"config key '{key}.of': name two different sources to mix"]
     for parent in settings["of"]:
         try:
@@ -485,10 +612,10 @@ def _union_images(config: dict, task: str, names) -> dict:
 
 CANDIDATES = {"synthetic": synthetic_candidates, "retrieved": pool_candidates,
               "random": lambda manifest, name: pool_candidates(manifest, name, key_prefix="p"),
-              "real": real_candidates}
+              "real": real_candidates, "img2img": img2img_candidates}
 
-SOURCES: dict[str, Source] = {s.name: s for s in (SYNTHETIC, RETRIEVED, MIXED, REAL, RANDOM)}
-INSTANCE_KINDS = ("synthetic", "mixed", "real", "random")  # kinds a config may instantiate under another name
+SOURCES: dict[str, Source] = {s.name: s for s in (SYNTHETIC, RETRIEVED, MIXED, REAL, RANDOM, IMG2IMG)}
+INSTANCE_KINDS = ("synthetic", "mixed", "real", "random", "img2img")  # kinds a config may instantiate under another name
 COLORS = ["#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939"]
 
 
@@ -539,12 +666,19 @@ def sources_of(config: dict) -> list[Source]:
 
 
 def curated_sources_of(config: dict) -> list[Source]:
-    """Every source with a curated manifest the grid needs: those it runs and those they draw on, in order."""
+    """Every source with a curated manifest the grid needs: those it runs and those they draw on (and those
+    draw on: a mix of an img2img source needs the img2img source's parent too), parents first, in order."""
     names: list[str] = []
+
+    def add(src: Source, visiting: tuple[str, ...]) -> None:
+        for name in src.parents(config):
+            if name not in names and name not in visiting:  # a circle is a config error (_img2img_problems)
+                add(source(name, config), (*visiting, src.name))
+        if src.name not in names and src.curation is not None:
+            names.append(src.name)
+
     for src in sources_of(config):
-        for name in (*src.parents(config), src.name):
-            if name not in names and source(name, config).curation is not None:
-                names.append(name)
+        add(src, ())
     return [source(name, config) for name in names]
 
 
@@ -554,6 +688,10 @@ def synthetic_sources_of(config: dict) -> list[Source]:
 
 def random_sources_of(config: dict) -> list[Source]:
     return [s for s in curated_sources_of(config) if s.kind == "random"]
+
+
+def img2img_sources_of(config: dict) -> list[Source]:
+    return [s for s in curated_sources_of(config) if s.kind == "img2img"]
 
 
 @dataclass(frozen=True)

@@ -44,22 +44,27 @@ def make_scheduler(name: str, config: dict):
     raise ValueError(f"unknown scheduler {name!r}")
 
 
-def load_pipeline(model: str, scheduler: str, dtype: str = "auto", device: str | None = None, cache_dir: str | None = None):
+def load_pipeline(model: str, scheduler: str, dtype: str = "auto", device: str | None = None, cache_dir: str | None = None,
+                  pipeline_class=None):
     """Load a Stable-Diffusion pipeline by hub id or local directory, without the safety checker.
+
+    ``pipeline_class``: the diffusers class to load it as (default ``StableDiffusionPipeline``, text to
+    image; ``synret.img2img`` loads the same folder as ``StableDiffusionImg2ImgPipeline``).
 
     Hub ids resolve through the Hugging Face cache (``cache_dir``, else ``$HF_HOME``; with
     ``HF_HUB_OFFLINE=1`` only the cache). diffusers takes the safetensors weights wherever the repo or
     folder has them. ``dtype`` ``auto`` is fp16 on a GPU (the reference samples under fp16 autocast),
     fp32 on CPU.
     """
-    from diffusers import StableDiffusionPipeline
-
     from .config import HUB_ID
+
+    if pipeline_class is None:
+        from diffusers import StableDiffusionPipeline as pipeline_class
 
     if not Path(model).is_dir() and not HUB_ID.match(model):
         raise FileNotFoundError(f"generator {model!r} is neither a directory nor a hub id (config key 'generator.model')")
     device = device or pick_device()
-    pipe = StableDiffusionPipeline.from_pretrained(
+    pipe = pipeline_class.from_pretrained(
         model,
         dtype=torch_dtype(dtype, device),
         cache_dir=cache_dir,
