@@ -57,6 +57,8 @@ def test_each_arm_stores_a_copy_as_it_stores_its_images(shape_images):
     stored = arm_storage("synthetic", {"save_size": 20, "image_format": "png"})(wide)
     assert Image.open(io.BytesIO(stored)).size == (20, 20)
     with pytest.raises(ValueError, match="unknown source"):
+        arm_storage("blended", {})
+    with pytest.raises(ValueError, match="stores no incoming images"):  # a mix draws on others' stored images
         arm_storage("mixed", {})
 
 

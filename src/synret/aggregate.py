@@ -470,7 +470,7 @@ def plot_summary(summary: pd.DataFrame, tasks: Sequence[str], path: str | Path, 
     note = _short_note(summary, tasks)
     if note:
         fig.text(0.01, 0.005, note, fontsize=7, va="bottom", wrap=True)
-    bottom = 0.035 * legend_rows * 3.4 / fig.get_figheight() * rows + (0.03 if note else 0.01)
+    bottom = (0.03 + 0.065 * legend_rows) / rows + (0.03 if note else 0.0)  # room for the legend's rows
     fig.tight_layout(rect=(0, bottom, 1, 0.95))
     fig.savefig(path)
     plt.close(fig)
