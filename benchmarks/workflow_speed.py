@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TARGETS = {"smoke": 180.0, "demo": 600.0}  # seconds, from the issue
+TARGETS = {"smoke": 180.0, "demo": 900.0}  # seconds, from the issues (the demo: 15 minutes with every source, issue 12)
 NOOP_TARGET = 2.0
 
 
