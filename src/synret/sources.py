@@ -200,11 +200,22 @@ def _synthetic_config_problems(src: Source, config: dict, need) -> list[str]:
     if "shard_size" in (src.settings(config).get("synthetic") or {}):
         problems.append(f"config key 'source_settings.{src.name}.synthetic.shard_size': every generator shares the "
                         "prompts' shards; set synthetic.shard_size instead")
+    return problems + _generator_problems(src, config, need)
+
+
+def _generator_problems(src: Source, config: dict, need) -> list[str]:
+    """A generator directory the source names (its own, or the ``generator`` block's) must exist."""
     generator = generator_settings(src, config)["model"]
     if _is_local_path(generator):
         key = "generator.model" if generator == config["generator"]["model"] else f"source_settings.{src.name}.generator.model"
         need(key, generator, "generator directory")
-    return problems
+    return []
+
+
+def _generator_spec(src: Source, config: dict) -> dict:
+    """Its entry of the preflight spec's ``generators``."""
+    generator = generator_settings(src, config)
+    return {"generators": {src.name: {k: generator.get(k) for k in ("model", "cache_dir")}}}
 
 
 def _synthetic_preflight(src: Source, config: dict) -> dict:
@@ -213,8 +224,7 @@ def _synthetic_preflight(src: Source, config: dict) -> dict:
     tasks = config["tasks"]
     llms = [stage_settings(config, "prompts", t).get("llm") or {} for t in tasks]  # captioning LLMs, if any
     models = sorted({(m["model"], m.get("cache_dir")) for m in llms if m.get("model")}, key=str)
-    generator = generator_settings(src, config)
-    return {"generators": {src.name: {k: generator.get(k) for k in ("model", "cache_dir")}},
+    return {**_generator_spec(src, config),
             "llms": [{"model": m, "cache_dir": c} for m, c in models],
             "caption_files": caption_file_spec(config)}
 
@@ -328,16 +338,11 @@ def _img2img_problems(src: Source, config: dict, need) -> list[str]:
                 problems.append(f"config key '{key}.strength': {strength} of {steps} denoising steps (task {task}) "
                                 "leaves none (int(steps * strength) = 0)")
                 break
-    generator = generator_settings(src, config)["model"]
-    if _is_local_path(generator):
-        gkey = "generator.model" if generator == config["generator"]["model"] else f"{key}.generator.model"
-        need(gkey, generator, "generator directory")
-    return problems
+    return problems + _generator_problems(src, config, need)
 
 
 def _img2img_preflight(src: Source, config: dict) -> dict:
-    generator = generator_settings(src, config)
-    return {"generators": {src.name: {k: generator.get(k) for k in ("model", "cache_dir")}}}
+    return _generator_spec(src, config)
 
 
 IMG2IMG = Source(
