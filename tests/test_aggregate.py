@@ -385,7 +385,7 @@ def test_exchange_rates_read_the_real_curve_backwards(tmp_path):
             files.append((cell, folder / "predictions.parquet"))
     table = collect(paths, expected=cells)
     assert set(table["size"]) == {"k1", "k4", "k16", "n100"}
-    rates = exchange_table(table, Predictions(files, CLASSES), ["real"], BOOT).set_index("source")
+    rates = exchange_table(table, Predictions(dict(files), CLASSES), ["real"], BOOT).set_index("source")
     assert list(rates.columns) == [c for c in EXCHANGE_COLUMNS if c != "source"]
     synthetic = rates.loc["synthetic"]
     assert synthetic["real_per_class"] == pytest.approx(4.0)

@@ -115,15 +115,12 @@ class Predictions:
     """The test-split (or ``split``: an extra evaluation set's) correctness of every cell, aligned on one
     image order per task."""
 
-    def __init__(self, files: dict[tuple, str | Path] | list[tuple[tuple, str | Path]], n_classes: dict[str, int],
-                 split: str = "test"):
+    def __init__(self, files: dict[tuple, str | Path], n_classes: dict[str, int], split: str = "test"):
         self.n_classes = dict(n_classes)
         self.labels: dict[str, np.ndarray] = {}
         self.keys: dict[str, np.ndarray] = {}
         self.correct: dict[tuple, np.ndarray] = {}
-        for cell, path in files.items() if isinstance(files, dict) else files:
-            if tuple(cell) in self.correct:  # a cell that is another's point (see collect): the first counts
-                continue
+        for cell, path in files.items():
             table = read_predictions(path, split=split)
             task = cell[0]
             if task not in self.n_classes:
