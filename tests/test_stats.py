@@ -185,3 +185,61 @@ def test_equivalent_real_images_with_an_interval():
     assert equivalent_real(better, curve, BootstrapConfig(resamples=200), "t")["per_class"] == np.inf
     with pytest.raises(ValueError, match="two or more"):
         equivalent_real(same, curve[:1], BootstrapConfig(resamples=200))
+
+
+def test_cell_interval_agrees_with_scipys_percentile_bootstrap():
+    """The interval from the test set's multinomial resamples is scipy's percentile bootstrap of the same
+    statistic, to within the resampling noise of either."""
+    correct, labels = _predictions(n=1200, classes=8, accuracy=0.45, seed=4)
+    ours = cell_interval(correct, labels, 8, CFG, "scipy")
+    for metric, statistic in (("top1", lambda c, y, axis=-1: np.mean(c, axis=axis)),
+                              ("mean_per_class", lambda c, y, axis=-1: mean_per_class(c, y, 8, axis))):
+        theirs = scipy_stats.bootstrap((correct.astype(float), labels), statistic, paired=True, vectorized=True,
+                                       n_resamples=4000, method="percentile", rng=np.random.default_rng(1))
+        assert ours[f"{metric}_lo"] == pytest.approx(theirs.confidence_interval.low, abs=0.006)
+        assert ours[f"{metric}_hi"] == pytest.approx(theirs.confidence_interval.high, abs=0.006)
+
+
+def test_a_test_sets_resamples_are_shared_and_checked():
+    from synret.stats import ImageResamples
+
+    correct, labels = _predictions(n=500, classes=5, accuracy=0.5, seed=6)
+    other = np.random.default_rng(7).random(500) < 0.6
+    images = ImageResamples(labels, 5, CFG, "images", "task", "test")
+    # a statistic read from shared resamples is the one drawn under the same name
+    assert cell_interval(correct, labels, 5, CFG, "images", "task", "test") == cell_interval(
+        correct, labels, 5, CFG, "anything", resamples=images)
+    # a difference in each resample: A's statistic minus B's on the same images
+    diff = paired_difference(correct, other, labels, 5, CFG, resamples=images)
+    draws = images.mean_per_class(correct.astype(float)) - images.mean_per_class(other.astype(float))
+    assert diff["diff_mean_per_class_lo"] == pytest.approx(np.quantile(draws, 0.025))
+    # the weights are multinomial counts: every resample holds the test set's size in images
+    assert all((chunk.sum(axis=1) == 500).all() for chunk in images.chunks)
+    with pytest.raises(ValueError, match="another test set"):
+        cell_interval(correct[:400], labels[:400], 5, CFG, resamples=images)
+
+
+def _read_one_curve(x, y, value):
+    """The curve read backwards one point at a time: the definition ``read_curves`` vectorises."""
+    y = np.maximum.accumulate(y)
+    if value < y[0]:
+        return -np.inf
+    if value > y[-1]:
+        return np.inf
+    i = int(np.searchsorted(y, value, side="left"))
+    if i == 0:
+        return x[0]
+    t = (value - y[i - 1]) / (y[i] - y[i - 1])
+    return float(np.exp(np.log(x[i - 1]) + t * (np.log(x[i]) - np.log(x[i - 1]))))
+
+
+def test_curves_read_backwards_many_at_once():
+    from synret.stats import read_curves
+
+    rng = np.random.default_rng(3)
+    x = np.array([1.0, 2.0, 4.0, 5.0])
+    curves = rng.random((200, 4))
+    curves[:20, 1] = curves[:20, 0]  # plateaus
+    values = np.concatenate([rng.random(180), curves[180:, 0], curves[190:, 2]])[:200]
+    many = read_curves(x, curves, values)
+    assert many == pytest.approx([_read_one_curve(x, c, v) for c, v in zip(curves, values)], rel=1e-12)

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from .config import ZEROSHOT, expected_cells  # noqa: F401 (expected_cells: part of this module's API)
 from .sources import source_style
-from .stats import BootstrapConfig, cell_interval, equivalent_real, seed_image_interval, paired_difference
+from .stats import BootstrapConfig, ImageResamples, cell_interval, equivalent_real, paired_difference, seed_image_interval
 
 KEY = ["task", "source", "scale", "seed"]
 TABLE_COLUMNS = [
@@ -116,6 +116,8 @@ class Predictions:
     image order per task."""
 
     def __init__(self, files: dict[tuple, str | Path], n_classes: dict[str, int], split: str = "test"):
+        self.split = split
+        self._resamples: dict[tuple, ImageResamples] = {}
         self.n_classes = dict(n_classes)
         self.labels: dict[str, np.ndarray] = {}
         self.keys: dict[str, np.ndarray] = {}
@@ -137,6 +139,14 @@ class Predictions:
     def matrix(self, task: str, source: str, scale: int, seeds: Sequence[int]) -> np.ndarray:
         """Correctness, seeds x test images."""
         return np.stack([self.correct[(task, source, scale, seed)] for seed in seeds])
+
+    def resamples(self, task: str, bootstrap: BootstrapConfig) -> ImageResamples:
+        """The bootstrap resamples of the task's images on this split, drawn once and shared by every interval
+        on them (``synret.stats.ImageResamples``)."""
+        if (task, bootstrap) not in self._resamples:
+            self._resamples[(task, bootstrap)] = ImageResamples(self.labels[task], self.n_classes[task], bootstrap,
+                                                                "images", task, self.split)
+        return self._resamples[(task, bootstrap)]
 
 
 def bootstrap_config(settings: dict | None) -> BootstrapConfig:
@@ -174,7 +184,8 @@ def collect(metric_files: Sequence[str | Path], expected: Sequence[tuple] | None
 
 def with_cell_intervals(table: pd.DataFrame, preds: Predictions, bootstrap: BootstrapConfig) -> pd.DataFrame:
     """The table with each cell's bootstrap interval over its test images (and the test-set size)."""
-    stats = [cell_interval(preds.correct[cell], preds.labels[cell[0]], preds.n_classes[cell[0]], bootstrap, *cell)
+    stats = [cell_interval(preds.correct[cell], preds.labels[cell[0]], preds.n_classes[cell[0]], bootstrap, *cell,
+                           resamples=preds.resamples(cell[0], bootstrap))
              for cell in table[KEY].itertuples(index=False, name=None)]
     out = table.copy()
     for column in ("top1_lo", "top1_hi", "mean_per_class_lo", "mean_per_class_hi"):
@@ -189,7 +200,8 @@ def summarize(table: pd.DataFrame, preds: Predictions, bootstrap: BootstrapConfi
     for (task, source, scale), group in table.groupby(["task", "source", "scale"], sort=True):
         seeds = sorted(group["seed"])
         correct = preds.matrix(task, source, scale, seeds)
-        stats = seed_image_interval(correct, preds.labels[task], preds.n_classes[task], bootstrap, task, source, scale)
+        stats = seed_image_interval(correct, preds.labels[task], preds.n_classes[task], bootstrap, task, source, scale,
+                                    resamples=preds.resamples(task, bootstrap))
         rows.append({
             "task": task, "source": source, "scale": scale, "seeds": len(seeds),
             "n_train": float(group["n_train"].mean()), "short": bool(group["short"].any()),
@@ -207,7 +219,7 @@ def compare(table: pd.DataFrame, preds: Predictions, sources: Sequence[str], boo
     cells = table[table["source"] != ZEROSHOT]
     for (task, scale), group in cells.groupby(["task", "scale"], sort=True):
         seeds_of = {s: sorted(group.loc[group["source"] == s, "seed"]) for s in sources}
-        labels, n_classes = preds.labels[task], preds.n_classes[task]
+        labels, n_classes, images = preds.labels[task], preds.n_classes[task], preds.resamples(task, bootstrap)
         for a, b in pairs:
             if not seeds_of.get(a) or (b != ZEROSHOT and not seeds_of.get(b)):
                 continue
@@ -218,10 +230,11 @@ def compare(table: pd.DataFrame, preds: Predictions, sources: Sequence[str], boo
                 if b_seed not in b_seeds:
                     continue
                 stats = paired_difference(preds.correct[(task, a, scale, seed)], preds.correct[(task, b, b_scale, b_seed)],
-                                          labels, n_classes, bootstrap, task, scale, a, b, seed)
+                                          labels, n_classes, bootstrap, task, scale, a, b, seed, resamples=images)
                 rows.append({**base, "seed": str(seed), **stats})
             across = seed_image_interval(preds.matrix(task, a, scale, seeds_of[a]), labels, n_classes, bootstrap,
-                                      task, scale, a, b, "all", baseline=preds.matrix(task, b, b_scale, b_seeds))
+                                         task, scale, a, b, "all", baseline=preds.matrix(task, b, b_scale, b_seeds),
+                                         resamples=images)
             rows.append({**base, "seed": "all", **{f"diff_{k}": v for k, v in across.items()}})
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
@@ -240,7 +253,8 @@ def eval_set_tables(table: pd.DataFrame, files: dict[tuple, str | Path], n_class
         preds = Predictions({c: p for c, p in files.items() if c[0] in tasks}, n_classes, split=name)
         cells = table[table["task"].isin(tasks)].copy()
         stats = {cell: cell_interval(preds.correct[cell], preds.labels[cell[0]], preds.n_classes[cell[0]], bootstrap,
-                                     *cell, name) for cell in cells[KEY].itertuples(index=False, name=None)}
+                                     *cell, name, resamples=preds.resamples(cell[0], bootstrap))
+                 for cell in cells[KEY].itertuples(index=False, name=None)}
         columns = [f"{m}{suffix}" for m in ("top1", "mean_per_class") for suffix in ("", "_lo", "_hi")]
         for column in columns:
             cells[column] = [stats[c][column] for c in cells[KEY].itertuples(index=False, name=None)]
@@ -313,7 +327,8 @@ def exchange_table(table: pd.DataFrame, preds: Predictions, real: Sequence[str],
             others = cells[~cells["source"].isin(real)]
             for (source, scale), group in others.groupby(["source", "scale"], sort=True):
                 seeds = sorted(group["seed"])
-                stats = equivalent_real(preds.matrix(task, source, scale, seeds), curve, bootstrap, task, source, scale, name)
+                stats = equivalent_real(preds.matrix(task, source, scale, seeds), curve, bootstrap, task, source, scale,
+                                        name, labels=preds.labels[task], resamples=preds.resamples(task, bootstrap))
                 n_train = float(group["n_train"].mean())
                 rows.append({
                     "task": task, "source": source, "scale": scale, "seeds": len(seeds), "n_train": n_train,

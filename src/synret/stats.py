@@ -2,8 +2,9 @@
 
 Three questions, three tools:
 
-- **One cell** (one seed, one test set): a percentile bootstrap over test images
-  (``scipy.stats.bootstrap``), for top-1 and mean per-class accuracy.
+- **One cell** (one seed, one test set): a percentile bootstrap over test images, for top-1 and mean
+  per-class accuracy (the interval ``scipy.stats.bootstrap`` gives with ``method="percentile"``, to
+  within resampling noise: tests/test_stats.py compares them).
 - **A (task, source, scale) point across seeds**: the mean over seeds, with an interval whose
   variance has two parts, the test images' (a bootstrap over images of the seed-averaged
   correctness) and the seeds' (between-seed variance / number of seeds), and a Student-t quantile
@@ -23,7 +24,11 @@ Three questions, three tools:
 Bootstrap intervals are two-sided percentile intervals (95% unless configured). Percentile rather
 than BCa: the accuracies here sit away from 0 and 1 on hundreds to thousands of images, where the two
 agree within resampling noise, and BCa fails on degenerate data (a cell right on every image).
-Resampling is seeded from the name of what is resampled, so the tables are identical run to run.
+Resampling is seeded from the name of what is resampled, so the tables are identical run to run. What is
+resampled is a test set's images: ``ImageResamples`` draws a test set's resamples once (as multinomial image
+counts) and every cell, point, comparison and exchange rate on that test set uses them, so the intervals
+in one table share their resamples (common random numbers) and a grid of hundreds of cells costs a few
+matrix products per cell instead of hundreds of fresh resamplings.
 """
 
 from __future__ import annotations
@@ -98,38 +103,100 @@ def _percentile(values: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+# ----------------------------------------------------------------------------- a test set's resamples
+
+
+class ImageResamples:
+    """Bootstrap resamples of one test set's images, drawn once: ``cfg.resamples`` rows of multinomial
+    image counts (each row a resample of the N images with replacement), seeded from ``name``.
+
+    Every statistic on the test set reads its draws from these rows: ``top1(v)`` and ``mean_per_class(v)``
+    give, for a per-image vector ``v`` (correctness, or a difference or seed average of it), the statistic in
+    each resample. Counts are kept as uint16 with the images in class order (a class is a run of columns), and
+    used ``chunk`` rows at a time, so a 50,000-image test set at 2,000 resamples holds 200 MB and computes in
+    ~100 MB pieces. A class a resample leaves out has no per-class mean there and is left out of its mean.
+    """
+
+    def __init__(self, labels: np.ndarray, n_classes: int, cfg: BootstrapConfig, *name: object, chunk: int = 250):
+        labels = np.asarray(labels, dtype=np.int64)
+        self.n_images, self.n_classes, self.resamples = len(labels), n_classes, cfg.resamples
+        self.labels = labels
+        self.order = np.argsort(labels, kind="stable")  # images in class order
+        present = np.unique(labels)
+        self.starts = np.searchsorted(labels[self.order], present)  # where each present class's run begins
+        rng, n = cfg.rng(*name), self.n_images
+        chunks = [rng.multinomial(n, np.full(n, 1 / n), size=min(chunk, cfg.resamples - start))[:, self.order]
+                  .astype(np.uint16) for start in range(0, cfg.resamples, chunk)] if n else []
+        self.chunks = chunks
+        # images of each class in each resample: the per-class means' denominators
+        self.class_counts = [np.add.reduceat(c.astype(np.float64), self.starts, axis=1) for c in chunks]
+
+    def _check(self, values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != (self.n_images,):
+            raise ValueError(f"resampled statistic: {values.shape[0] if values.ndim else 0} values for a test set "
+                             f"of {self.n_images} images")
+        return values[self.order]
+
+    def top1(self, values: np.ndarray) -> np.ndarray:
+        """The mean of ``values`` over the images of each resample: shape (resamples,)."""
+        v = self._check(values)
+        return np.concatenate([c @ v for c in self.chunks]) / self.n_images
+
+    def mean_per_class(self, values: np.ndarray) -> np.ndarray:
+        """The mean over the classes present of each class's mean of ``values``, in each resample."""
+        v = self._check(values)
+        out = []
+        for counts, per_class in zip(self.chunks, self.class_counts):
+            sums = np.add.reduceat(counts * v, self.starts, axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                means = np.where(per_class > 0, sums / per_class, np.nan)
+            out.append(_nanmean(means))
+        return np.concatenate(out)
+
+    def interval(self, values: np.ndarray, cfg: BootstrapConfig) -> dict:
+        """Percentile intervals of top-1 and mean per-class accuracy of ``values``: ``{metric}_lo`` / ``_hi``."""
+        out = {}
+        for metric in ("top1", "mean_per_class"):
+            if self.n_images < 2:
+                point = float(np.mean(values)) if metric == "top1" else float(
+                    mean_per_class(values, self.labels, self.n_classes))
+                out[f"{metric}_lo"] = out[f"{metric}_hi"] = point
+                continue
+            out[f"{metric}_lo"], out[f"{metric}_hi"] = _percentile(getattr(self, metric)(values), cfg.confidence)
+        return out
+
+
+def _resamples(resamples: ImageResamples | None, labels: np.ndarray, n_classes: int, cfg: BootstrapConfig,
+               *name: object) -> ImageResamples:
+    """The test set's shared resamples where given (they must match the labels), else ones of its own."""
+    if resamples is None:
+        return ImageResamples(labels, n_classes, cfg, *name)
+    if resamples.n_images != len(labels) or not np.array_equal(resamples.labels, labels):
+        raise ValueError("resamples drawn for another test set: its images or labels differ")
+    return resamples
+
+
 # ----------------------------------------------------------------------------- one cell, one seed
 
 
-def cell_interval(correct: np.ndarray, labels: np.ndarray, n_classes: int, cfg: BootstrapConfig, *name: object) -> dict:
-    """Top-1 and mean per-class accuracy of one evaluated cell with percentile bootstrap intervals."""
+def cell_interval(correct: np.ndarray, labels: np.ndarray, n_classes: int, cfg: BootstrapConfig, *name: object,
+                  resamples: ImageResamples | None = None) -> dict:
+    """Top-1 and mean per-class accuracy of one evaluated cell with percentile bootstrap intervals over its
+    test images (``resamples``: the test set's shared ones; None: drawn from ``name``)."""
     correct, labels = np.asarray(correct, dtype=float), np.asarray(labels, dtype=np.int64)
     out = {"top1": float(correct.mean()), "mean_per_class": float(mean_per_class(correct, labels, n_classes))}
-    for metric, statistic in (("top1", lambda c, y, axis=-1: np.mean(c, axis=axis)),
-                              ("mean_per_class", lambda c, y, axis=-1: mean_per_class(c, y, n_classes, axis))):
-        lo, hi = _scipy_percentile((correct, labels), statistic, cfg, *name, metric)
-        out[f"{metric}_lo"], out[f"{metric}_hi"] = lo, hi
-    return out
-
-
-def _scipy_percentile(data: tuple, statistic, cfg: BootstrapConfig, *name: object) -> tuple[float, float]:
-    """scipy's paired percentile bootstrap of ``statistic(*data)`` (images are the paired unit)."""
-    if len(data[0]) < 2:
-        value = float(statistic(*data))
-        return value, value
-    result = scipy_stats.bootstrap(
-        data, statistic, paired=True, vectorized=True, n_resamples=cfg.resamples,
-        confidence_level=cfg.confidence, method="percentile", rng=cfg.rng(*name),
-    )
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return {**out, **_resamples(resamples, labels, n_classes, cfg, *name).interval(correct, cfg)}
 
 
 def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray, labels: np.ndarray, n_classes: int,
-                      cfg: BootstrapConfig, *name: object) -> dict:
+                      cfg: BootstrapConfig, *name: object, resamples: ImageResamples | None = None) -> dict:
     """A minus B on the same test images (one seed each): differences, intervals, exact McNemar p.
 
     ``a_only`` counts images A gets right and B wrong, ``b_only`` the reverse; McNemar's exact test
-    is the two-sided binomial test of ``a_only`` successes in ``a_only + b_only`` trials at 1/2.
+    is the two-sided binomial test of ``a_only`` successes in ``a_only + b_only`` trials at 1/2. The
+    intervals resample the images once for both sides (the pairing): in every resample, A's statistic
+    minus B's (a class a resample leaves out is left out of both).
     """
     a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
     labels = np.asarray(labels, dtype=np.int64)
@@ -143,14 +210,9 @@ def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray, labels: np.n
         "b_only": b_only,
         "mcnemar_p": mcnemar_exact(a_only, b_only),
     }
-    fa, fb = a.astype(float), b.astype(float)
-    out["diff_top1_lo"], out["diff_top1_hi"] = _scipy_percentile(
-        (fa, fb), lambda x, y, axis=-1: np.mean(x, axis=axis) - np.mean(y, axis=axis), cfg, *name, "top1")
-    out["diff_mean_per_class_lo"], out["diff_mean_per_class_hi"] = _scipy_percentile(
-        (fa, fb, labels),
-        lambda x, y, z, axis=-1: mean_per_class(x, z, n_classes, axis) - mean_per_class(y, z, n_classes, axis),
-        cfg, *name, "mean_per_class")
-    return out
+    # per resample and class, mean(a) - mean(b) = mean(a - b) over the same images
+    interval = _resamples(resamples, labels, n_classes, cfg, *name).interval(a.astype(float) - b.astype(float), cfg)
+    return {**out, **{f"diff_{k}": v for k, v in interval.items()}}
 
 
 def mcnemar_exact(a_only: int, b_only: int) -> float:
@@ -170,7 +232,7 @@ def _seed_statistics(side: np.ndarray, labels: np.ndarray, n_classes: int) -> di
 
 
 def seed_image_interval(correct: np.ndarray, labels: np.ndarray, n_classes: int, cfg: BootstrapConfig, *name: object,
-                        baseline: np.ndarray | None = None, chunk: int = 250) -> dict:
+                        baseline: np.ndarray | None = None, resamples: ImageResamples | None = None) -> dict:
     """Mean over seeds (rows of ``correct``, seeds x images) with an interval for both sources of error.
 
     The variance of the seed mean is the sum of two parts: the test images' (a bootstrap over
@@ -182,7 +244,7 @@ def seed_image_interval(correct: np.ndarray, labels: np.ndarray, n_classes: int,
     With ``baseline`` (its own seeds x the same images), the statistic is the difference
     ``correct - baseline``: the image part is resampled jointly (paired), each side brings its own
     seed part. Returns point estimates and ``*_lo`` / ``*_hi`` for top-1 and mean per-class, and the
-    degrees of freedom used (``*_df``).
+    degrees of freedom used (``*_df``). ``resamples``: the test set's shared ones (None: drawn from ``name``).
     """
     sides = [np.atleast_2d(np.asarray(correct, dtype=float))]
     if baseline is not None:
@@ -197,18 +259,13 @@ def seed_image_interval(correct: np.ndarray, labels: np.ndarray, n_classes: int,
     estimate = {"top1": float(point.mean()), "mean_per_class": float(_nanmean(class_means(point, labels, n_classes)))}
 
     # the test images' part: a bootstrap over images of the seed-averaged (difference of) correctness
-    rng = cfg.rng(*name)
-    draws = {"top1": [], "mean_per_class": []}
-    for start in range(0, cfg.resamples, chunk):
-        weights = rng.multinomial(n_images, np.full(n_images, 1 / n_images), size=min(chunk, cfg.resamples - start))
-        draws["top1"].append(weights @ point / n_images)
-        draws["mean_per_class"].append(_nanmean(class_means(np.broadcast_to(point, weights.shape), labels, n_classes,
-                                                            weights=weights)))
+    images = _resamples(resamples, labels, n_classes, cfg, *name)
+    draws = {"top1": images.top1(point), "mean_per_class": images.mean_per_class(point)}
     per_seed = [_seed_statistics(side, labels, n_classes) for side in sides]
     alpha = 1 - cfg.confidence
     out = dict(estimate)
     for metric, value in estimate.items():
-        image_var = float(np.var(np.concatenate(draws[metric]), ddof=1))
+        image_var = float(np.var(draws[metric], ddof=1))
         # the seeds' part, side by side: between-seed variance / seeds, with S - 1 degrees of freedom
         seed_vars = [(float(np.var(stats[metric], ddof=1)) / len(stats[metric]), len(stats[metric]) - 1)
                      for stats in per_seed if len(stats[metric]) > 1]
@@ -224,32 +281,41 @@ def seed_image_interval(correct: np.ndarray, labels: np.ndarray, n_classes: int,
 # ----------------------------------------------------------------------------- exchange rates
 
 
+def read_curves(x: np.ndarray, y: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``interpolate_curve`` for many curves at once: row r of ``y`` (curves x points, over the ascending
+    ``x``) read at ``values[r]``."""
+    y = np.maximum.accumulate(np.atleast_2d(np.asarray(y, dtype=float)), axis=1)
+    values = np.asarray(values, dtype=float).reshape(len(y))
+    lx = np.log(np.asarray(x, dtype=float))
+    i = np.clip((y < values[:, None]).sum(axis=1), 1, len(lx) - 1)  # first point at or above the value
+    rows = np.arange(len(y))
+    y0, y1 = y[rows, i - 1], y[rows, i]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.clip(np.where(y1 > y0, (values - y0) / (y1 - y0), 1.0), 0.0, 1.0)  # beyond the ends: set below
+    out = np.exp(lx[i - 1] + t * (lx[i] - lx[i - 1]))
+    out[values <= y[:, 0]] = np.exp(lx[0])  # at the first point (the first of equal ones)
+    out[values < y[:, 0]] = -np.inf
+    out[values > y[:, -1]] = np.inf
+    return out
+
+
 def interpolate_curve(x: np.ndarray, y: np.ndarray, value: float) -> float:
     """Where a curve of accuracy ``y`` over training images per class ``x`` (ascending) reaches ``value``:
     linear in log x between the points around it, on the curve made monotone (each point the best so
     far: more real images never count as worse); ``-inf`` below its first point, ``inf`` above its best."""
-    y = np.maximum.accumulate(np.asarray(y, dtype=float))
-    lx = np.log(np.asarray(x, dtype=float))
-    if value < y[0]:
-        return -np.inf
-    if value > y[-1]:
-        return np.inf
-    i = int(np.searchsorted(y, value, side="left"))
-    if i == 0 or y[i] == y[i - 1]:
-        return float(np.exp(lx[i]))
-    t = (value - y[i - 1]) / (y[i] - y[i - 1])
-    return float(np.exp(lx[i - 1] + t * (lx[i] - lx[i - 1])))
+    return float(read_curves(x, np.asarray(y, dtype=float)[None], np.array([value]))[0])
 
 
 def equivalent_real(correct: np.ndarray, curve: list[tuple[float, np.ndarray]], cfg: BootstrapConfig,
-                    *name: object) -> dict:
+                    *name: object, labels: np.ndarray | None = None, resamples: ImageResamples | None = None) -> dict:
     """How many real training images per class give the same top-1 as ``correct`` (seeds x test images):
     the real source's curve (``curve``: per-class count, its seeds x the same images) read backwards.
 
     The interval resamples the test images (one draw for the cell and the whole curve: they share the
-    test set) and each side's seeds, and reads the curve backwards in every draw (percentiles). A value
-    below the curve's first point is ``-inf`` (worth fewer real images than the fewest tried), above its
-    best ``inf``; an interval end beyond the curve likewise.
+    test set; ``resamples``, the test set's shared ones, need ``labels``) and each side's seeds (drawn from
+    ``name``), and reads the curve backwards in every draw (percentiles). A value below the curve's first
+    point is ``-inf`` (worth fewer real images than the fewest tried), above its best ``inf``; an interval
+    end beyond the curve likewise.
     """
     correct = np.atleast_2d(np.asarray(correct, dtype=float))
     curve = sorted(((float(x), np.atleast_2d(np.asarray(c, dtype=float))) for x, c in curve), key=lambda p: p[0])
@@ -258,17 +324,20 @@ def equivalent_real(correct: np.ndarray, curve: list[tuple[float, np.ndarray]], 
     xs = np.array([x for x, _ in curve])
     n_images = correct.shape[1]
     point = interpolate_curve(xs, np.array([c.mean() for _, c in curve]), float(correct.mean()))
-    rng = cfg.rng("equivalent_real", *name)
-    draws = []
-    for _ in range(cfg.resamples):
-        weights = rng.multinomial(n_images, np.full(n_images, 1 / n_images)) / n_images
+    labels = np.zeros(n_images, dtype=np.int64) if labels is None else labels  # top-1 needs no classes
+    images = _resamples(resamples, labels, int(labels.max(initial=0)) + 1 if resamples is None else resamples.n_classes,
+                        cfg, "equivalent_real", *name)
+    rng = cfg.rng("equivalent_real", "seeds", *name)
 
-        def accuracy(m: np.ndarray) -> float:
-            rows = m[rng.integers(0, len(m), len(m))]
-            return float(rows.mean(axis=0) @ weights)
+    def accuracy(side: np.ndarray) -> np.ndarray:
+        """Top-1 in each draw: the draw's images, and its seeds drawn with replacement from the side's."""
+        per_seed = np.stack([images.top1(row) for row in side], axis=1)  # (resamples, seeds)
+        chosen = rng.integers(0, len(side), (images.resamples, len(side)))
+        return np.take_along_axis(per_seed, chosen, axis=1).mean(axis=1)
 
-        draws.append(interpolate_curve(xs, np.array([accuracy(c) for _, c in curve]), accuracy(correct)))
+    curves = np.stack([accuracy(c) for _, c in curve], axis=1)
+    draws = read_curves(xs, curves, accuracy(correct))
     alpha = 1 - cfg.confidence
-    lo, hi = np.quantile(np.array(draws), [alpha / 2, 1 - alpha / 2], method="inverted_cdf")
+    lo, hi = np.quantile(draws, [alpha / 2, 1 - alpha / 2], method="inverted_cdf")
     return {"per_class": point, "per_class_lo": float(lo), "per_class_hi": float(hi),
             "curve_min": float(xs[0]), "curve_max": float(xs[-1])}
