@@ -114,7 +114,10 @@ def test_a_source_s_config_needs_are_checked_only_when_it_runs(config):
 def test_the_default_grid_has_every_kind_of_cell(config):
     """Each source adds its own cells: scales for most, k per class for real, one source per mix share."""
     ids = {cell.id for cell in sources.grid(config)}
-    assert "shapes/synthetic_early/n50/seed2" in ids and "shapes/random/n200/seed0" in ids
+    assert "shapes/synthetic_early/n50/seed1" in ids and "shapes/random/n200/seed0" in ids
+    # the main arms on three seeds, the other sources on their own two
+    assert "shapes/synthetic/n50/seed2" in ids and "shapes/synthetic_early/n50/seed2" not in ids
+    assert not any(i.endswith("seed2") for i in ids if i.split("/")[1] in ("random", "real", "mixed-50"))
     assert {f"shapes/real/k{k}/seed0" for k in (1, 2, 4, "all")} <= ids
     assert {f"shapes/mixed-{p}/n200/seed1" for p in (25, 50, 75)} <= ids and "shapes/mixed-25/n50/seed0" not in ids
     assert "shapes/zeroshot" in ids and len(ids) == len(sources.grid(config))
