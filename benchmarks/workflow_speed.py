@@ -88,6 +88,41 @@ def cpu_seconds(workdir: Path) -> dict:
     return dict(sorted(totals.items()))
 
 
+def served_and_own_cpu(workdir: Path) -> tuple[float, float]:
+    """CPU seconds of the jobs the job server ran (its forks: not children of Snakemake) and of every job,
+    from the jobs' own log lines."""
+    served = total = 0.0
+    for path in (workdir / "logs").rglob("*.log"):
+        text = path.read_text()
+        for match in re.finditer(r"done: ([0-9.]+) CPU s", text):
+            total += float(match.group(1))
+            if "served by the job server" in text:
+                served += float(match.group(1))
+    return round(served, 1), round(total, 1)
+
+
+def timeline(workdir: Path) -> dict:
+    """Per rule, when its first job started and its last ended (seconds from the run's start), from
+    Snakemake's log of the first run: which stages overlap and which wait."""
+    from datetime import datetime
+
+    log = sorted((workdir / ".snakemake" / "log").glob("*.snakemake.log"))[0]
+    stamp, rule, started, spans, t0 = None, None, {}, {}, None
+    for line in log.read_text().splitlines():
+        if m := re.match(r"\[(\w{3} \w{3}\s+\d+ [\d:]+ \d{4})\]", line):
+            stamp = datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y")
+            t0 = t0 or stamp
+        elif m := re.match(r"(?:local)?rule (\w+):", line):
+            rule = m.group(1)
+        elif (m := re.match(r"\s+jobid: (\d+)", line)) and rule:
+            started[m.group(1)], rule = (rule, (stamp - t0).total_seconds()), None
+        elif (m := re.match(r"Finished jobid: (\d+)", line.strip())) and m.group(1) in started:
+            name, start = started[m.group(1)]
+            first, last, jobs = spans.get(name, (start, 0.0, 0))
+            spans[name] = (min(first, start), max(last, (stamp - t0).total_seconds()), jobs + 1)
+    return {name: {"first_start": a, "last_end": b, "jobs": n} for name, (a, b, n) in sorted(spans.items(), key=lambda x: x[1])}
+
+
 def job_seconds(workdir: Path) -> dict:
     """Wall seconds per rule, summed over its jobs, from Snakemake's benchmark records."""
     totals: dict[str, float] = {}
@@ -114,11 +149,22 @@ def main() -> None:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", *configs, "--cores", args.cores, "results/tables/all.csv"]
 
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     info["end_to_end_seconds"], _ = run(cmd, REPO)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    children = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     info["noop_rerun_seconds"], out = run(cmd, REPO)
     assert "Nothing to be done" in out, "the second run should have nothing to do"
     info["seconds_by_rule"] = job_seconds(workdir)
     info["cpu_seconds_by_stage"] = cpu_seconds(workdir)
+    # all the CPU the run used: Snakemake and its job processes (children), and the job server's forks
+    served, in_jobs = served_and_own_cpu(workdir)
+    info["cpu_seconds"] = {"total": round(children + served, 1), "in_jobs": in_jobs,
+                           "outside_jobs": round(children + served - in_jobs, 1),  # Snakemake, job processes' start, the server's imports
+                           "available": round(info["end_to_end_seconds"] * (os.cpu_count() or 1), 1)}
+    info["timeline"] = timeline(workdir)
     info["targets"] = {"end_to_end_seconds": TARGETS[args.config], "noop_rerun_seconds": NOOP_TARGET}
     info["met"] = {"end_to_end": info["end_to_end_seconds"] <= TARGETS[args.config],
                    "noop_rerun": info["noop_rerun_seconds"] <= NOOP_TARGET}
