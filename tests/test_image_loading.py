@@ -1,5 +1,6 @@
-"""Training's image loading (synret.augment) against open_clip's PIL train transform: the same crops, the
-same normalisation bits, pixels within the resize tolerance, on real encoded JPEG and PNG bytes."""
+"""Image loading (synret.augment) against open_clip's PIL transforms. Training: the same crops, the same
+normalisation bits, pixels within the resize tolerance, on real encoded JPEG and PNG bytes. Evaluation: the
+bits of the model's ``preprocess_val``, its logits and features included, on images of several sizes and modes."""
 
 from __future__ import annotations
 
@@ -207,3 +208,103 @@ def test_training_finishes_uint8_batches_on_its_device(tiny_clip_dir, shape_imag
         losses.append(train_classifier(model, data, labels[:24].tolist(), clip.preprocess_train, cfg, "cpu", "fp32",
                                        log=lambda m: None)["final_loss"])
     assert seen == [torch.uint8] * 6 and losses[0] == losses[1]
+
+
+
+# Evaluation: open_clip's eval transform, its normalisation moved to the batch, the same bits.
+
+
+def test_the_eval_fast_form_is_open_clips_eval_transform(tiny_clip_dir, vit_b16_train):
+    from synret.augment import FastEvalTransform, evaluation_transform, fast_eval_transform
+
+    clip = load_clip(f"local-dir:{tiny_clip_dir}")
+    val = clip.preprocess_val
+    fast = fast_eval_transform(val)
+    assert isinstance(fast, FastEvalTransform) and fast.geometry == tuple(val.transforms[:3])
+    assert fast.mean == tuple(val.transforms[-1].mean) and fast.std == tuple(val.transforms[-1].std)
+    transform, finish = evaluation_transform(val)
+    assert transform == fast and finish == transform.normalize
+    b16 = fast_eval_transform(vit_b16_train[1])
+    assert b16.geometry[1].size == (224, 224)
+    # its own Resize runs, whatever the interpolation
+    assert fast_eval_transform(open_clip.image_transform(40, False, interpolation="bilinear")) is not None
+    # any other form is used as it is: a non-square size, other resize modes, the train transform, a function
+    for other in (open_clip.image_transform((32, 48), False), open_clip.image_transform(32, False, resize_mode="longest"),
+                  open_clip.image_transform(32, False, resize_mode="squash"), vit_b16_train[0], lambda image: val(image)):
+        assert fast_eval_transform(other) is None and evaluation_transform(other) == (other, None)
+
+
+def eval_images(shape_images) -> list:
+    """Rendered shapes as PIL images of 24, 32 and 50 px, non-square, in the modes images come in."""
+    from PIL import Image
+
+    images, _ = shape_images
+    out = []
+    for i, (size, mode) in enumerate([((24, 24), "RGB"), ((32, 32), "RGB"), ((50, 50), "RGB"), ((57, 45), "RGB"),
+                                      ((20, 70), "RGB"), ((32, 32), "L"), ((50, 50), "RGBA"), ((45, 57), "P"),
+                                      ((24, 24), "LA"), ((33, 31), "CMYK"), ((32, 32), "1"), ((64, 40), "RGB")]):
+        image = Image.fromarray(images[i * 7]).resize(size, Image.BICUBIC)
+        out.append(image.quantize(64) if mode == "P" else image.convert(mode))
+    return out
+
+
+def test_eval_pixels_normalise_to_preprocess_vals_bits(tiny_clip_dir, vit_b16_train, shape_images):
+    from synret.augment import fast_eval_transform
+
+    for val in (load_clip(f"local-dir:{tiny_clip_dir}").preprocess_val, vit_b16_train[1],
+                open_clip.image_transform(40, False, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4))):
+        fast = fast_eval_transform(val)
+        for image in eval_images(shape_images):
+            pixels = fast(image)
+            assert pixels.dtype == torch.uint8 and pixels.shape[2] == 3
+            assert torch.equal(fast.normalize(pixels[None])[0], val(image)), image.mode
+            assert torch.equal(_normalize_by_table(pixels[None], fast.mean, fast.std)[0], val(image))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models take many small steps: more threads only contend on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_evaluation_gives_the_logits_and_features_of_preprocess_val(tiny_clip_dir, shape_images, tmp_path, one_thread):
+    """Files (PNG in several modes, JPEG) read by the evaluation's loaders: the same model inputs, logits,
+    ranked predictions and features as open_clip's transform unchanged, in process and in loader workers;
+    embeddings of encoded bytes and arrays likewise."""
+    import dataclasses
+
+    from synret.augment import evaluation_transform
+    from synret.embed import embed_images
+    from synret.finetune import build_classifier, extract_features, predict
+
+    clip = load_clip(f"local-dir:{tiny_clip_dir}")
+    unchanged = lambda image: clip.preprocess_val(image)  # noqa: E731  (not recognised: used as it is)
+    paths = []
+    for i, image in enumerate(eval_images(shape_images) * 2):
+        fmt = "jpg" if image.mode == "CMYK" or (i % 5 == 4 and image.mode in ("RGB", "L")) else "png"
+        paths.append(str(tmp_path / f"{i}.{fmt}"))
+        image.save(paths[-1])
+    model = build_classifier(clip, [f"class {c}" for c in range(10)], ["a {c}."], "cpu")
+    transform, finish = evaluation_transform(clip.preprocess_val)
+    assert finish is not None
+    fast = image_loader(ImageDataset(paths, transform), 5)
+    reference = image_loader(ImageDataset(paths, unchanged), 5)
+    with torch.no_grad():
+        for x, ref in zip(fast, reference):
+            assert x.dtype == torch.uint8 and torch.equal(finish(x), ref)
+            assert torch.equal(model(finish(x)), model(ref))  # the logits
+    for workers in (0, 2):
+        assert np.array_equal(predict(model, paths, clip.preprocess_val, 5, "cpu", "fp32", workers),
+                              predict(model, paths, unchanged, 5, "cpu", "fp32", workers))
+        assert np.array_equal(predict(model, paths, clip.preprocess_val, 5, "cpu", "fp32", workers, classes=[1, 3, 4]),
+                              predict(model, paths, unchanged, 5, "cpu", "fp32", workers, classes=[1, 3, 4]))
+        assert torch.equal(extract_features(clip.model.visual, paths, clip.preprocess_val, 7, "cpu", "fp32", workers),
+                           extract_features(clip.model.visual, paths, unchanged, 7, "cpu", "fp32", workers))
+    images, _ = shape_images
+    items = [encode_image(im, "png") for im in images[:9]] + [images[9], images[10][..., 0], np.dstack(
+        [images[11], np.full(images[11].shape[:2], 200, np.uint8)])]  # bytes, RGB, grayscale and RGBA arrays
+    assert np.array_equal(embed_images(clip, items, batch_size=4),
+                          embed_images(dataclasses.replace(clip, preprocess_val=unchanged), items, batch_size=4))

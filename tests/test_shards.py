@@ -215,3 +215,152 @@ def test_failed_write_keeps_the_previous_shard(tmp_path):
         write_shard(path, broken())
     assert [(k, d) for k, _, d in iter_images(path)] == [("a", b"1")]
     assert not list(tmp_path.glob("*.partial"))
+
+
+# Reading by key without tarfile (shards._scan): the bytes tarfile reads, on archives in the forms writers
+# produce; any other form is read by tarfile itself.
+
+
+def _tar(path, members, fmt=tarfile.PAX_FORMAT, mode="w", **kwargs):
+    """A tar of (name, data, mtime) members, written by Python's tarfile; data ("type", t): a member of
+    type t (a directory, a link) without data."""
+    with tarfile.open(path, mode, format=fmt, **kwargs) as tar:
+        for name, data, mtime in members:
+            info = tarfile.TarInfo(name)
+            info.mtime = mtime
+            if isinstance(data, bytes):
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                info.type = data = data[1]
+                if data == tarfile.SYMTYPE:
+                    info.linkname = "elsewhere.png"
+                tar.addfile(info)
+    return path
+
+
+def _by_tarfile(path, keys):
+    """What reading by key gave before the scan: every member through tarfile."""
+    keys = set(keys)
+    return {key: data for key, _, data in iter_images(path) if key in keys}
+
+
+def _scanned(path):
+    import mmap
+
+    from synret.shards import _scan
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return _scan(data)
+
+
+def _webdataset_members(n, long_dir=""):
+    """Image, caption and metadata members as webdataset's writers (img2dataset's) lay them out, with
+    fractional mtimes: tarfile writes a pax header before each member."""
+    members = []
+    for i in range(n):
+        key = f"{long_dir}{i:09d}"
+        members += [(f"{key}.json", json.dumps({"key": i}).encode(), 1796220336.5899284 + i),
+                    (f"{key}.png", encode_image(_image(i, 8 + i % 5), "png"), 1796220336.25),
+                    (f"{key}.txt", f"caption {i}".encode() * (i + 1), 1796220336.75)]
+    return members
+
+
+@pytest.mark.parametrize("writer", ["write_shard", "pax_mtimes", "pax_long_names", "gnu_long_names",
+                                   "ustar_prefix", "v7"])
+def test_reading_by_key_gives_tarfiles_bytes(tmp_path, writer):
+    path = tmp_path / "s.tar"
+    long_dir = "d" * 60 + "/" + "e" * 70 + "/"  # a name of 140 characters and more: longer than the 100 of a header
+    if writer == "write_shard":
+        write_shard(path, [(f"{i:06d}", encode_image(_image(i, 8 + i), "png"), "png", {"i": i}) for i in range(12)])
+    elif writer == "pax_mtimes":
+        _tar(path, _webdataset_members(40))
+    elif writer == "pax_long_names":
+        _tar(path, _webdataset_members(12, long_dir) + [("ü" * 3 + "/ünï.png", b"\x89PNG non-ascii", 0)])
+    elif writer == "gnu_long_names":
+        _tar(path, _webdataset_members(12, long_dir), fmt=tarfile.GNU_FORMAT)
+    elif writer == "ustar_prefix":
+        _tar(path, [(m[0], m[1], int(m[2])) for m in _webdataset_members(12, long_dir)], fmt=tarfile.USTAR_FORMAT)
+    else:
+        _tar(path, [(name, data, 0) for name, data, _ in _webdataset_members(5)], fmt=tarfile.USTAR_FORMAT)
+        raw = bytearray(path.read_bytes())  # no ustar magic: an old-style header (tarfile reads both)
+        raw[257:265] = bytes(8)
+        raw[148:156] = b"%06o\0 " % (256 + sum(raw[:148]) + sum(raw[156:512]))
+        path.write_bytes(bytes(raw))
+    members = _scanned(path)
+    assert members is not None  # read by the scan, not by tarfile
+    with tarfile.open(path) as tar:
+        assert [m[0] for m in members] == [m.name for m in tar if m.isfile()]
+    keys = [key for key, _, _ in iter_images(path)]
+    assert len(keys) >= 5 and any(len(name) > 100 for name, _, _ in members) == ("long" in writer or "prefix" in writer)
+    assert read_images(path, keys) == _by_tarfile(path, keys)
+    assert read_images(path, keys[::3]) == _by_tarfile(path, keys[::3])
+    with pytest.raises(KeyError, match="absent"):
+        read_images(path, keys[:2] + ["absent"])
+
+
+def test_reading_by_key_skips_what_tarfile_skips(tmp_path):
+    """Directories, links, members that are no images, a key written twice (the last one wins)."""
+    path = _tar(tmp_path / "s.tar", [
+        ("sub", ("type", tarfile.DIRTYPE), 0), ("sub/000.png", b"first", 1.5), ("sub/000.txt", b"caption", 0),
+        ("link.png", ("type", tarfile.SYMTYPE), 0), ("hard.png", ("type", tarfile.LNKTYPE), 0), ("000.png", b"second", 0),
+        ("001.JPG", b"upper case", 0), ("002.json", b"{}", 0), ("noext", b"x", 0),
+    ])
+    assert _scanned(path) is not None
+    keys = ["000", "001", "link", "hard"]
+    with pytest.raises(KeyError) as info:
+        read_images(path, keys)
+    assert "hard" in str(info.value) and "link" in str(info.value)
+    assert read_images(path, keys[:2]) == _by_tarfile(path, keys[:2]) == {"000": b"second", "001": b"upper case"}
+
+
+def test_unusual_archives_are_read_by_tarfile(tmp_path):
+    """Forms the scan leaves to tarfile: compressed archives, global pax headers, base-256 numbers, a bad
+    checksum, a truncated last member, an empty file. Reading by key gives what tarfile gives, errors included."""
+    members = [(name, data, 0) for name, data, _ in _webdataset_members(6)]
+    keys = [f"{i:09d}" for i in range(6)]
+    cases = {
+        "gzip": _tar(tmp_path / "gz.tar.gz", members, mode="w:gz"),
+        "global_pax": _tar(tmp_path / "g.tar", members, pax_headers={"comment": "global"}),
+    }
+    big = tmp_path / "base256.tar"
+    with tarfile.open(big, "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data, _ in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.uid = len(data), 8 ** 8  # a uid beyond 7 octal digits: GNU's base-256 form
+            tar.addfile(info, io.BytesIO(data))
+    cases["base256"] = big
+    for name, path in cases.items():
+        assert _scanned(path) is None, name
+        assert read_images(path, keys) == _by_tarfile(path, keys), name
+
+    plain = _tar(tmp_path / "plain.tar", members)
+    raw = plain.read_bytes()
+    assert _scanned(plain) is not None
+    with tarfile.open(plain) as tar:
+        third = tar.getmembers()[3]  # the second sample's image: tarfile stops at a bad header there
+    corrupt = tmp_path / "corrupt.tar"
+    corrupt.write_bytes(raw[: third.offset + 140] + b"9" + raw[third.offset + 141 :])
+    truncated = tmp_path / "truncated.tar"
+    truncated.write_bytes(raw[: third.offset_data + 10])
+    empty = tmp_path / "empty.tar"
+    empty.write_bytes(b"")
+    for path in (corrupt, truncated):
+        assert _scanned(path) is None
+        with pytest.raises((KeyError, tarfile.ReadError)) as scanned_error:
+            read_images(path, keys)
+        with pytest.raises(scanned_error.type) as tarfile_error:
+            _by_tarfile_or_error(path, keys)
+        assert str(scanned_error.value) == str(tarfile_error.value)
+    with pytest.raises(tarfile.ReadError):
+        read_images(empty, keys)
+    assert read_images(corrupt, keys[:1]) == _by_tarfile(corrupt, keys[:1])
+
+
+def _by_tarfile_or_error(path, keys):
+    """read_images as it was: tarfile's members, KeyError naming the missing keys."""
+    found = _by_tarfile(path, keys)
+    missing = set(keys) - set(found)
+    if missing:
+        raise KeyError(f"{path}: no image for key(s) {sorted(missing)[:5]}{' ...' if len(missing) > 5 else ''}")
+    return found

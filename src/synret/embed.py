@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from .augment import evaluation_transform
 from .clip import LoadedClip
 from .shards import decode_image
 
@@ -84,12 +85,17 @@ def embed_images(
     num_workers: int = 0, precision: str = "fp32",
 ) -> np.ndarray:
     """L2-normalised image embeddings (float32, one row per item, in order); ``num_workers`` processes
-    decode the images (see ``image_loader``)."""
-    loader = image_loader(ImageDataset(items, clip.preprocess_val), batch_size, num_workers, device)
+    decode the images (see ``image_loader``), preprocessed by the model's eval transform in its faster form,
+    the same bits (``augment.evaluation_transform``)."""
+    transform, finish_batch = evaluation_transform(clip.preprocess_val)
+    loader = image_loader(ImageDataset(items, transform), batch_size, num_workers, device)
     out = []
     for x in loader:
+        x = x.to(device)
+        if finish_batch is not None:
+            x = finish_batch(x)
         with autocast(device, precision):
-            emb = clip.model.encode_image(x.to(device))
+            emb = clip.model.encode_image(x)
         out.append(F.normalize(emb.float(), dim=-1).cpu().numpy())
     if not out:
         return np.zeros((0, clip.model.visual.output_dim), dtype=np.float32)

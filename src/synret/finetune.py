@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .augment import training_transform
+from .augment import evaluation_transform, training_transform
 from .clip import LoadedClip, zero_shot_weights
 from .embed import ImageDataset, autocast, image_loader
 
@@ -176,14 +176,19 @@ def predict(
     """The ``k`` highest-scoring classes of every image, best first: int array (N, min(k, classes)).
     ``num_workers`` processes read and preprocess the images (``embed.image_loader``), as training's do.
     ``classes``: only these class labels compete (an evaluation set covering some of the task's classes);
-    the result still holds task labels."""
+    the result still holds task labels. open_clip's eval transform runs in its faster form, the same bits
+    (``augment.evaluation_transform``): the loader gives uint8 batches, normalised on ``device``."""
     model.eval()
+    transform, finish_batch = evaluation_transform(transform)
     loader = image_loader(ImageDataset(list(paths), transform), batch_size, num_workers, device)
     allowed = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long)
     ranked = []
     for x in loader:
+        x = x.to(device)
+        if finish_batch is not None:
+            x = finish_batch(x)
         with autocast(device, precision):
-            logits = model(x.to(device)).float()
+            logits = model(x).float()
         if allowed is not None:
             top = logits[:, allowed.to(logits.device)].topk(min(k, len(allowed)), dim=1).indices.cpu()
             ranked.append(allowed[top])
@@ -209,13 +214,18 @@ def extract_features(
     num_workers: int = 0,
 ) -> torch.Tensor:
     """L2-normalised image features of the files, float32 on CPU (what the classifier's head sees);
-    ``num_workers`` processes read and preprocess the images."""
+    ``num_workers`` processes read and preprocess the images (open_clip's eval transform in its faster
+    form, as in ``predict``)."""
     visual.eval()
+    transform, finish_batch = evaluation_transform(transform)
     loader = image_loader(ImageDataset(list(paths), transform), batch_size, num_workers, device)
     feats = []
     for x in loader:
+        x = x.to(device)
+        if finish_batch is not None:
+            x = finish_batch(x)
         with autocast(device, precision):
-            feats.append(F.normalize(visual(x.to(device)).float(), dim=-1).cpu())
+            feats.append(F.normalize(visual(x).float(), dim=-1).cpu())
     return torch.cat(feats) if feats else torch.zeros(0, 0)
 
 
