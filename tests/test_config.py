@@ -389,6 +389,18 @@ def test_stage_settings_every_stage_for_every_task(config):
             assert stage_settings(config, stage, task) == canonical(config[stage])
 
 
+def test_stage_settings_share_nothing_with_the_config_or_each_other(config):
+    config["task_settings"]["shapes"]["retrieval"] = {"knn": {"k": 5}}
+    original = copy.deepcopy(config)
+    first = stage_settings(config, "retrieval", "shapes")
+    first["knn"]["k"] = 7
+    first["download"]["processes"] = -1
+    first["knn"]["modalities"].append("audio")
+    assert config == original
+    assert stage_settings(config, "retrieval", "shapes") == deep_merge(
+        canonical(original["retrieval"]), {"knn": {"k": 5}})
+
+
 def test_stage_settings_unknown_stage(config):
     with pytest.raises(KeyError, match="aggregate"):
         stage_settings(config, "aggregate", "shapes")

@@ -53,6 +53,15 @@ def shard_count(images: int, shard_size: int) -> int:
     return max(1, -(-images // shard_size))
 
 
+def _merged(base: dict, override: dict | None) -> dict:
+    """``base`` updated by ``override`` recursively, sharing the values it does not replace: for callers
+    that copy the result anyway (``canonical``), where ``deep_merge``'s deep copies would be done twice."""
+    out = dict(base)
+    for key, value in (override or {}).items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def deep_merge(base: dict, override: dict | None) -> dict:
     """``base`` updated by ``override`` recursively (new dict; inputs untouched)."""
     out = copy.deepcopy(base)
@@ -81,7 +90,7 @@ def stage_settings(config: dict, stage: str, task: str) -> dict:
     if stage not in STAGES:
         raise KeyError(f"unknown stage {stage!r}")
     override = config["task_settings"][task].get(stage)
-    return canonical(deep_merge(config[stage], override))
+    return canonical(_merged(config[stage], override))  # canonical copies every dict and list: nothing shared
 
 
 def task_definition(config: dict, task: str) -> dict:
