@@ -106,15 +106,18 @@ def _percentile(values: np.ndarray, confidence: float) -> tuple[float, float]:
 # ----------------------------------------------------------------------------- a test set's resamples
 
 
+DENSE_BYTES = 2**28  # a test set's resamples up to this size are kept as float64 (the demo's: 16 MB)
+
+
 class ImageResamples:
     """Bootstrap resamples of one test set's images, drawn once: ``cfg.resamples`` rows of multinomial
     image counts (each row a resample of the N images with replacement), seeded from ``name``.
 
     Every statistic on the test set reads its draws from these rows: ``top1(v)`` and ``mean_per_class(v)``
     give, for a per-image vector ``v`` (correctness, or a difference or seed average of it), the statistic in
-    each resample. Counts are kept as uint16 with the images in class order (a class is a run of columns), and
-    used ``chunk`` rows at a time, so a 50,000-image test set at 2,000 resamples holds 200 MB and computes in
-    ~100 MB pieces. A class a resample leaves out has no per-class mean there and is left out of its mean.
+    each resample. Counts are kept with the images in class order (a class is a run of columns) and used
+    ``chunk`` rows at a time: as float64 up to ``DENSE_BYTES``, else as uint16, so a 50,000-image test set at
+    2,000 resamples holds 200 MB and computes in ~100 MB pieces. A class a resample leaves out has no per-class mean there and is left out of its mean.
     """
 
     def __init__(self, labels: np.ndarray, n_classes: int, cfg: BootstrapConfig, *name: object, chunk: int = 250):
@@ -125,8 +128,10 @@ class ImageResamples:
         present = np.unique(labels)
         self.starts = np.searchsorted(labels[self.order], present)  # where each present class's run begins
         rng, n = cfg.rng(*name), self.n_images
+        # counts as float64 where they fit in DENSE_BYTES (every product then reads them as they are), else uint16
+        kind = np.float64 if 8 * n * cfg.resamples <= DENSE_BYTES else np.uint16
         chunks = [rng.multinomial(n, np.full(n, 1 / n), size=min(chunk, cfg.resamples - start))[:, self.order]
-                  .astype(np.uint16) for start in range(0, cfg.resamples, chunk)] if n else []
+                  .astype(kind) for start in range(0, cfg.resamples, chunk)] if n else []
         self.chunks = chunks
         # images of each class in each resample: the per-class means' denominators
         self.class_counts = [np.add.reduceat(c.astype(np.float64), self.starts, axis=1) for c in chunks]
