@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -79,6 +79,17 @@ def autocast(device: str, precision: str):
     return torch.autocast(device_type, enabled=False)
 
 
+def evaluation_batches(items: Sequence[bytes | str | np.ndarray], transform: Callable, batch_size: int,
+                       num_workers: int = 0, device: str = "cpu") -> Iterator[torch.Tensor]:
+    """The items preprocessed by an eval ``transform``, in order, as batches on ``device``: open_clip's eval
+    transform in its faster form, the same bits (``augment.evaluation_transform``: the loader gives uint8
+    pixels, normalised here on ``device``); any other transform as it is."""
+    transform, finish_batch = evaluation_transform(transform)
+    for x in image_loader(ImageDataset(items, transform), batch_size, num_workers, device):
+        x = x.to(device)
+        yield x if finish_batch is None else finish_batch(x)
+
+
 @torch.no_grad()
 def embed_images(
     clip: LoadedClip, items: Sequence[bytes | str | np.ndarray], batch_size: int = 256, device: str = "cpu",
@@ -87,13 +98,8 @@ def embed_images(
     """L2-normalised image embeddings (float32, one row per item, in order); ``num_workers`` processes
     decode the images (see ``image_loader``), preprocessed by the model's eval transform in its faster form,
     the same bits (``augment.evaluation_transform``)."""
-    transform, finish_batch = evaluation_transform(clip.preprocess_val)
-    loader = image_loader(ImageDataset(items, transform), batch_size, num_workers, device)
     out = []
-    for x in loader:
-        x = x.to(device)
-        if finish_batch is not None:
-            x = finish_batch(x)
+    for x in evaluation_batches(items, clip.preprocess_val, batch_size, num_workers, device):
         with autocast(device, precision):
             emb = clip.model.encode_image(x)
         out.append(F.normalize(emb.float(), dim=-1).cpu().numpy())

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .augment import evaluation_transform, training_transform
+from .augment import training_transform
 from .clip import LoadedClip, zero_shot_weights
-from .embed import ImageDataset, autocast, image_loader
+from .embed import ImageDataset, autocast, evaluation_batches, image_loader
 
 
 @dataclass
@@ -179,14 +179,9 @@ def predict(
     the result still holds task labels. open_clip's eval transform runs in its faster form, the same bits
     (``augment.evaluation_transform``): the loader gives uint8 batches, normalised on ``device``."""
     model.eval()
-    transform, finish_batch = evaluation_transform(transform)
-    loader = image_loader(ImageDataset(list(paths), transform), batch_size, num_workers, device)
     allowed = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long)
     ranked = []
-    for x in loader:
-        x = x.to(device)
-        if finish_batch is not None:
-            x = finish_batch(x)
+    for x in evaluation_batches(list(paths), transform, batch_size, num_workers, device):
         with autocast(device, precision):
             logits = model(x).float()
         if allowed is not None:
@@ -217,13 +212,8 @@ def extract_features(
     ``num_workers`` processes read and preprocess the images (open_clip's eval transform in its faster
     form, as in ``predict``)."""
     visual.eval()
-    transform, finish_batch = evaluation_transform(transform)
-    loader = image_loader(ImageDataset(list(paths), transform), batch_size, num_workers, device)
     feats = []
-    for x in loader:
-        x = x.to(device)
-        if finish_batch is not None:
-            x = finish_batch(x)
+    for x in evaluation_batches(list(paths), transform, batch_size, num_workers, device):
         with autocast(device, precision):
             feats.append(F.normalize(visual(x).float(), dim=-1).cpu())
     return torch.cat(feats) if feats else torch.zeros(0, 0)
