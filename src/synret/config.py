@@ -64,13 +64,7 @@ def _merged(base: dict, override: dict | None) -> dict:
 
 def deep_merge(base: dict, override: dict | None) -> dict:
     """``base`` updated by ``override`` recursively (new dict; inputs untouched)."""
-    out = copy.deepcopy(base)
-    for key, value in (override or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+    return copy.deepcopy(_merged(base, override))
 
 
 WORLD_PLANTED_COLUMN = "planted_from"  # written by synret.world.build
