@@ -200,16 +200,17 @@ def _synthetic_config_problems(src: Source, config: dict, need) -> list[str]:
     if "shard_size" in (src.settings(config).get("synthetic") or {}):
         problems.append(f"config key 'source_settings.{src.name}.synthetic.shard_size': every generator shares the "
                         "prompts' shards; set synthetic.shard_size instead")
-    return problems + _generator_problems(src, config, need)
+    _need_generator(src, config, need)
+    return problems
 
 
-def _generator_problems(src: Source, config: dict, need) -> list[str]:
-    """A generator directory the source names (its own, or the ``generator`` block's) must exist."""
+def _need_generator(src: Source, config: dict, need) -> None:
+    """A generator directory the source names (its own, or the ``generator`` block's) must exist (``need``
+    reports it otherwise)."""
     generator = generator_settings(src, config)["model"]
     if _is_local_path(generator):
         key = "generator.model" if generator == config["generator"]["model"] else f"source_settings.{src.name}.generator.model"
         need(key, generator, "generator directory")
-    return []
 
 
 def _generator_spec(src: Source, config: dict) -> dict:
@@ -338,7 +339,8 @@ def _img2img_problems(src: Source, config: dict, need) -> list[str]:
                 problems.append(f"config key '{key}.strength': {strength} of {steps} denoising steps (task {task}) "
                                 "leaves none (int(steps * strength) = 0)")
                 break
-    return problems + _generator_problems(src, config, need)
+    _need_generator(src, config, need)
+    return problems
 
 
 def _img2img_preflight(src: Source, config: dict) -> dict:
