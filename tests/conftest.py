@@ -71,3 +71,12 @@ def smoke_run(tmp_path_factory):
     from smoke_support import local_smoke_run
 
     return local_smoke_run(tmp_path_factory.mktemp("smoke"))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models take many small steps: more threads only contend on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

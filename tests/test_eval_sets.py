@@ -133,14 +133,6 @@ def test_eval_sets_are_validated_defaulted_and_kept_out_of_the_task_definition(t
 # ---------------------------------------------------------------- a cell evaluated on a set
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_a_cell_evaluates_each_set_with_predictions_restricted_to_its_classes(tiny_clip_dir, shape_images, tmp_path,
                                                                             one_thread):
     from synret.cells import run_cell

@@ -113,15 +113,6 @@ def test_mean_per_class_differs_from_top1_on_imbalanced_data(tiny_clip_dir, shap
 # ---------------------------------------------------------------- linear probes
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models take many small steps: more threads only contend on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_linear_probe_mode_trains_only_the_head(tiny_clip_dir, shape_images, one_thread):
     images, labels = shape_images
     data = [encode_image(im, "png") for im in images[:30]]

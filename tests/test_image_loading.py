@@ -261,15 +261,6 @@ def test_eval_pixels_normalise_to_preprocess_vals_bits(tiny_clip_dir, vit_b16_tr
             assert torch.equal(_normalize_by_table(pixels[None], fast.mean, fast.std)[0], val(image))
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models take many small steps: more threads only contend on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_evaluation_gives_the_logits_and_features_of_preprocess_val(tiny_clip_dir, shape_images, tmp_path, one_thread):
     """Files (PNG in several modes, JPEG) read by the evaluation's loaders: the same model inputs, logits,
     ranked predictions and features as open_clip's transform unchanged, in process and in loader workers;
