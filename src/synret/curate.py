@@ -30,7 +30,7 @@ from .shards import content_hash, decode_image, read_images
 ORDERS = ("dedup_first", "filter_first")
 
 MANIFEST_COLUMNS = [
-    "key", "label", "classname", "source", "origin", "query", "methods", "shard", "member", "sha256",
+    "key", "label", "classname", "source", "origin", "text", "query", "methods", "shard", "member", "sha256",
     "clip_score", "zeroshot_label", "dedup_similarity", "dedup_match", "kept", "drop_reason", "planted_from",
 ]
 

@@ -175,7 +175,8 @@ def synthetic_candidates(manifest, name: str = "synthetic"):
 
     return pd.DataFrame({
         "key": manifest["key"], "label": manifest["label"].astype(int), "source": name,
-        "origin": manifest["prompt"], "query": None, "methods": "generator", "shard": manifest["shard"],
+        "origin": manifest["prompt"], "text": manifest["prompt"], "query": None, "methods": "generator",
+        "shard": manifest["shard"],
         "member": manifest["key"], "sha256": manifest["sha256"], "status": "success", "planted_from": None,
     })
 
@@ -375,6 +376,7 @@ def pool_candidates(manifest, name: str = "retrieved", key_prefix: str = "r"):
     return pd.DataFrame({
         "key": keys.where(labelled < 0, keys + "-c" + labelled.astype(str)),
         "label": labelled, "source": name, "origin": manifest["url"],
+        "text": manifest["caption"] if "caption" in manifest else None,  # the pool's caption
         "query": manifest["query"], "methods": manifest["methods"], "shard": manifest["shard"],
         "member": manifest["key"], "sha256": manifest["sha256"], "status": manifest["status"],
         # where the pool says so (pool.columns.planted_from): the evaluation image this item copies
@@ -513,7 +515,7 @@ def real_candidates(train, name: str = "real"):
 
     return pd.DataFrame({
         "key": train["key"].astype(str), "label": train["label"].astype(int), "source": name,
-        "origin": train["path"], "query": None, "methods": "task_train_split", "shard": None, "member": train["path"],
+        "origin": train["path"], "text": None, "query": None, "methods": "task_train_split", "shard": None, "member": train["path"],
         "sha256": None, "status": "success", "planted_from": None,
     })
 
