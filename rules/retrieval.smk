@@ -16,6 +16,8 @@ rule knn_query:
         "results/retrieval/{task}/knn_hits.parquet",
     log:
         "logs/retrieval/{task}/knn.log",
+    benchmark:
+        "results/benchmarks/retrieval/{task}/knn.tsv"
     params:
         knn=lambda wildcards: knn_settings(retrieval_setting("knn")(wildcards), config["pool"]),
         model=knn_model_params(),
@@ -39,6 +41,8 @@ rule substring_scan:
         "results/retrieval/{task}/substring/{part}.parquet",
     log:
         "logs/retrieval/{task}/substring-{part}.log",
+    benchmark:
+        "results/benchmarks/retrieval/{task}/substring-{part}.tsv"
     params:
         columns=pool_columns(config),
     resources:
@@ -58,6 +62,8 @@ rule retrieval_candidates:
         counts="results/retrieval/{task}/candidates.json",
     log:
         "logs/retrieval/{task}/candidates.log",
+    benchmark:
+        "results/benchmarks/retrieval/{task}/candidates.tsv"
     params:
         drop_nsfw=retrieval_setting("drop_nsfw"),
         max_per_class=retrieval_setting("max_candidates_per_class"),
@@ -108,6 +114,8 @@ rule random_sample:
         counts="results/{sampled}/{task}/candidates.json",
     log:
         "logs/{sampled}/{task}/sample.log",
+    benchmark:
+        "results/benchmarks/{sampled}/{task}/sample.tsv"
     params:
         sample=lambda wc: canonical(random_settings(source(wc.sampled, config), config)),
         columns=pool_columns(config),

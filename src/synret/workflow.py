@@ -156,6 +156,18 @@ def usage() -> str:
     return f"{cpu:.1f} CPU s, peak RSS {peak_mib:.0f} MiB"
 
 
+GPU_MARK = "; on GPU: "  # synret.compute reads it from a job's last log line to count GPU-seconds
+
+
+def gpu_usage() -> str:
+    """Which GPUs the job used (where it initialised CUDA), e.g. ``; on GPU: 1 x NVIDIA H200``; else ''."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return ""
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return f"{GPU_MARK}{len(names)} x {names[0]}" if names else ""
+
+
 def run_job(smk: Any, main: Callable[[Any, Callable[[str], None]], None], uses_torch: bool = True,
             job_server: bool = False) -> None:
     """Run an adapter's ``main(snakemake, log)`` with logging, threads and clean error messages.
@@ -205,4 +217,4 @@ def run_job(smk: Any, main: Callable[[Any, Callable[[str], None]], None], uses_t
         print(message, file=stream, flush=True)
         print(message, file=sys.__stderr__, flush=True)
         sys.exit(1)
-    log(f"done: {usage()}")
+    log(f"done: {usage()}{gpu_usage()}")
