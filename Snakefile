@@ -15,6 +15,8 @@
 #   finetune   one cell per (task, source, size, seed)            results/cells/{task}/{source}/{size}/seed{seed}/
 #              size: n<images>, or k<per class> / kall for the task's own training images (source real)
 #   aggregate  the tables and the figures                         results/tables/*.csv, results/plots/
+#   report     data-quality panel, sample images, compute         results/quality/, results/report/,
+#              (`snakemake --report report.html` shows them all)   results/tables/{quality,compute}*.csv
 # The sources (synthetic, more generators, retrieved, random, real, mixed) are defined in synret.sources.
 # Logs mirror the results under logs/, Snakemake benchmark records under results/benchmarks/.
 
@@ -41,6 +43,12 @@ include: "rules/retrieval.smk"
 include: "rules/curate.smk"
 include: "rules/finetune.smk"
 include: "rules/aggregate.smk"
+include: "rules/report.smk"
+
+
+# `snakemake --report report.html`: one self-contained HTML page of the tables, figures, training
+# images and data-quality panel (captions in report/)
+report: "report/workflow.rst"
 
 
 # short torch jobs run in a fork server that imported the libraries once (synret.jobserver); it
@@ -57,3 +65,6 @@ rule all:
     default_target: True
     input:
         rules.aggregate.output,
+        rules.quality_table.output,
+        rules.compute_accounting.output,
+        expand(rules.sample_grid.output, task=TASKS),

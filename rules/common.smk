@@ -46,8 +46,10 @@ from synret.sources import (
     random_sources_of,
     sampling_settings,
     source,
+    source_style,
     synthetic_sources_of,
 )
+from synret.quality import world_truth_of
 
 try:
     check_config(config, os.path.join(workflow.basedir, "config.schema.yaml"))
@@ -196,6 +198,11 @@ def img2img_inputs(wildcards):
     shards = source(parent, config).images(config, wildcards.task)["shards"]
     return {"parent": f"results/curated/{wildcards.task}/{parent}/manifest.parquet",
             "parent_shards": [shards] if isinstance(shards, str) else shards}
+
+
+def source_styles():
+    """How figures draw each source: colour, marker, label (synret.sources.source_style)."""
+    return canonical({name: source_style(name, config) for name in sorted({*CELL_SOURCES, *CURATED})})
 
 
 def curated_names(curation):
