@@ -3,8 +3,8 @@ reporting what a person would see go wrong: failed requests, requests that leave
 errors, broken images; plus a full-page screenshot and measurements of its pixels.
 
 The Snakemake report (``snakemake --report report.html``) is one self-contained file that must work
-offline, so any request whose scheme is not file/data/blob/about is recorded as external (and blocked,
-unless ``block_external=False``).
+offline, so any request whose scheme is not file/data/blob/about (or the browser's own chrome:) is
+recorded as external (and blocked, unless ``block_external=False``).
 
 Playwright cannot download browsers here; it drives the system Chromium at ``CHROMIUM``. Where that or
 Playwright is missing, ``require_browser()`` skips the test, unless ``SYNRET_REQUIRE_BROWSER=1`` (set by
@@ -26,7 +26,10 @@ from PIL import Image
 
 CHROMIUM = Path(os.environ.get("SYNRET_CHROMIUM", "/usr/bin/chromium"))
 REQUIRE_ENV = "SYNRET_REQUIRE_BROWSER"
-LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:", "chrome-error:")
+# requests that stay on the machine: local files, inline data, and the browser's own pages (its PDF viewer
+# loads from chrome-extension: and chrome:); anything else (http, https, ws, ...) is external
+LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:", "chrome:", "chrome-extension:", "chrome-untrusted:",
+                 "chrome-error:", "devtools:")
 
 
 def browser_problem() -> str | None:

@@ -72,6 +72,18 @@ def test_broken_image_inside_iframe(tmp_path):
     assert len(r.broken_images) == 1 and "gone.png" in r.broken_images[0] and "inner.html" in r.broken_images[0]
 
 
+def test_pdf_viewer_is_not_external(tmp_path):
+    """Chromium's PDF viewer (Snakemake's report shows a PDF result in an iframe) loads from chrome: and
+    chrome-extension: URLs; those stay on the machine."""
+    write_png(tmp_path / "fig.png")
+    Image.open(tmp_path / "fig.png").save(tmp_path / "doc.pdf")
+    html = page(tmp_path, "<iframe src='doc.pdf' width=800 height=600></iframe>")
+    shot = tmp_path / "shot.png"
+    r = inspect_page(html, shot)
+    assert r.ok, r.problems
+    assert region_has_content(shot, (0, 0, 800, 600))  # the viewer drew the page
+
+
 def test_javascript_error_is_reported(tmp_path):
     html = page(tmp_path, "<p>text</p><script>window.notAFunction();</script>"
                           "<script>console.error('render failed')</script>")
