@@ -4,6 +4,7 @@ request that leaves the machine, a blank screen."""
 
 from __future__ import annotations
 
+import base64
 import socket
 
 import numpy as np
@@ -70,6 +71,17 @@ def test_broken_image_inside_iframe(tmp_path):
     r = inspect_page(html, tmp_path / "shot.png")
     assert r.loaded_images == 1
     assert len(r.broken_images) == 1 and "gone.png" in r.broken_images[0] and "inner.html" in r.broken_images[0]
+
+
+def test_errors_inside_a_data_iframe(tmp_path):
+    """Snakemake's report shows an HTML result as an iframe with a data: URL (an opaque origin): its
+    text, JavaScript errors and broken images are still seen."""
+    inner = base64.b64encode(b"<p>inner text</p><img src='rel.png'><script>boom()</script>").decode()
+    html = page(tmp_path, f"<iframe src='data:text/html;base64,{inner}'></iframe>")
+    r = inspect_page(html, None)
+    assert "inner text" in r.text
+    assert len(r.page_errors) == 1 and "boom" in r.page_errors[0]
+    assert len(r.broken_images) == 1 and "rel.png" in r.broken_images[0]
 
 
 def test_pdf_viewer_is_not_external(tmp_path):
