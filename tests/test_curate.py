@@ -90,7 +90,9 @@ def curation_inputs(tmp_path, shape_images):
 def test_curate_reasons_and_manifest(curation_inputs, tiny_clip_dir):
     rows, task, evals = curation_inputs
     clip = load_clip(f"local-dir:{tiny_clip_dir}")
-    table, summary = curate(rows, task, clip, evals, CFG, log=lambda m: None)
+    lines = []
+    table, summary = curate(rows, task, clip, evals, CFG, log=lines.append)
+    assert sum(line.startswith("describe: done, ") for line in lines) == 1, lines
     df = table.to_pandas()
     assert list(df.columns) == MANIFEST_COLUMNS
     assert len(df) == 50 and df["key"].is_unique

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from synret.fetch import download, serve_directory, url_table
+from synret.fetch import download, finished_urls, run_img2dataset, serve_directory, url_table
 from synret.shards import iter_images
 from smoke_support import free_port
 
@@ -135,9 +135,13 @@ def test_download_counts_failures_and_shares_urls(served_images, tmp_path):
         "caption": [f"caption {i}" for i in range(14)],
     })
     assert url_table(candidates).num_rows == 13
+    lines = []
     with serve_directory(root, base):
-        manifest, counts = download(candidates, tmp_path / "out" / "download", CFG, log=lambda m: None)
+        manifest, counts = download(candidates, tmp_path / "out" / "download", CFG, log=lines.append)
     assert counts["urls"] == 13
+    assert lines[0] == "downloading 13 unique URLs for 14 candidates"
+    assert lines[-1].startswith("download: done, 13 URLs in "), lines  # failed URLs count as done
+    assert finished_urls(tmp_path / "out" / "download" / "shards") == 13
     assert counts["status"] == {"success": 10, "failed_to_download": 3}
     assert any("404" in e for e in counts["errors"])
     rows = manifest.to_pylist()
@@ -185,3 +189,19 @@ def test_the_download_process_keeps_torch_out_and_defers_wandb():
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_finished_urls_counts_finished_shards(tmp_path):
+    (tmp_path / "00000_stats.json").write_text('{"count": 10, "successes": 7, "failed_to_download": 3}')
+    (tmp_path / "00001_stats.json").write_text('{"count": 4, "successes": 4}')
+    (tmp_path / "00002_stats.json").write_text('{"count": ')  # being written: not yet
+    (tmp_path / "00002.parquet").write_text("")
+    assert finished_urls(tmp_path) == 14
+    assert finished_urls(tmp_path / "missing") == 0
+
+
+def test_a_failed_img2dataset_is_an_error_with_its_status(tmp_path):
+    lines = []
+    with pytest.raises(RuntimeError, match=r"^img2dataset exited with status [1-9]"):
+        run_img2dataset(tmp_path / "no-such-list.parquet", tmp_path / "shards", CFG, log=lines.append)
+    assert not any("done" in line for line in lines)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,6 +23,7 @@ from synret.finetune import (
     train_classifier,
     train_probe,
 )
+from synret.progress import Progress
 from synret.shards import encode_image
 
 CLASSES = ["circle", "square", "triangle", "pentagon", "hexagon", "star", "cross", "ring", "heart", "crescent"]
@@ -52,7 +55,7 @@ def test_head_starts_as_the_zero_shot_classifier(tiny_clip_dir, shape_images):
     assert torch.allclose(w[0], manual, atol=1e-6)
 
 
-def test_training_learns_a_separable_task(tiny_clip_dir, shape_images, tmp_path):
+def test_training_learns_a_separable_task(tiny_clip_dir, shape_images, tmp_path, monkeypatch):
     clip = load_clip(f"local-dir:{tiny_clip_dir}")
     images, labels = shape_images
     keep = labels < 3  # circles, squares, triangles
@@ -66,9 +69,18 @@ def test_training_learns_a_separable_task(tiny_clip_dir, shape_images, tmp_path)
     before, _ = evaluate(model, paths, y, 3, clip.preprocess_val, 64, "cpu", "fp32")
     cfg = FinetuneConfig(epochs=30, batch_size=12, lr=3e-3, weight_decay=0.0, betas=(0.9, 0.95), warmup_steps=3,
                          grad_clip=1.0, label_smoothing=0.0, num_workers=0, augment="none", seed=0)
-    stats = train_classifier(model, data, y, clip.preprocess_val, cfg, "cpu", "fp32", log=lambda m: None)
-    after, ranked = evaluate(model, paths, y, 3, clip.preprocess_val, 64, "cpu", "fp32")
+    lines = []
+    # progress lines without waiting for min_interval: every total / max_lines steps
+    monkeypatch.setattr("synret.finetune.Progress", lambda *a, **k: Progress(*a, **k, min_interval=0))
+    stats = train_classifier(model, data, y, clip.preprocess_val, cfg, "cpu", "fp32", log=lines.append)
+    progress = Progress(len(paths), "evaluate", None)
+    after, ranked = evaluate(model, paths, y, 3, clip.preprocess_val, 16, "cpu", "fp32", progress=progress)
     assert stats["steps"] == 30 * 3
+    assert progress.count == len(paths)  # each evaluated image counted once
+    steps = [line for line in lines if line.startswith("train: ")]
+    assert 10 <= len(steps) <= 21 and steps[-1].startswith("train: done, 90 steps in ")
+    assert re.fullmatch(r"train: \d+/90 steps \(\d+%\), [\d.]+ steps/s, about [\dhms.]+ left", steps[0]), steps[0]
+    assert sum(line.startswith("epoch ") for line in lines) == 30  # the per-epoch loss lines stay
     assert after["top1"] > max(before["top1"], 0.8)
     assert 0 <= after["mean_per_class"] <= 1 and after["n"] == 36
 
@@ -194,8 +206,11 @@ def test_linear_probe_evaluation_of_a_cell(tiny_clip_dir, shape_images, tmp_path
     clip_cfg = {"model": f"local-dir:{tiny_clip_dir}", "pretrained": None, "cache_dir": None, "precision": "fp32"}
     evaluate_cfg = {"batch_size": 64, "splits": ["test"], "linear_probe": {"epochs": 40, "batch_size": 16, "warmup_steps": 5}}
     cell = {"task": "t", "source": "zeroshot", "scale": 0, "seed": 0}
+    lines = []
     record, _, predictions = run_cell(task, cell, clip_cfg, {"test": tables["test"]}, evaluate_cfg,
-                                      log=lambda m: None, probe_tables=tables)
+                                      log=lines.append, probe_tables=tables)
+    for what in ("evaluate test", "linear probe features of train+val", "linear probe features of test"):
+        assert sum(line.startswith(f"{what}: done, ") for line in lines) == 1, (what, lines)
     probe = record["evaluation"]["linear_probe"]
     assert set(probe) == {"test"} and probe["test"]["n"] == len(tables["test"])
     assert record["lp_top1"] == probe["test"]["top1"] and 0 <= record["lp_top1"] <= 1

@@ -20,8 +20,10 @@ SAMPLING = {"batch_size": 3, "scheduler": "ddim", "steps": 2, "guidance_scale": 
 def test_generate_shard_writes_images_and_manifest(pipeline_dir, tmp_path):
     prompts = generator_prompts(["circle", "square"], {"images": 5, "templates": ["a {c}"], "seed": 0}, shard_size=5)
     pipe = load_pipeline(pipeline_dir, "ddim")
-    stats = generate_shard(pipe, prompts, SAMPLING, tmp_path / "s.tar", tmp_path / "s.parquet", log=lambda m: None)
+    lines = []
+    stats = generate_shard(pipe, prompts, SAMPLING, tmp_path / "s.tar", tmp_path / "s.parquet", log=lines.append)
     assert stats["images"] == 5
+    assert lines[-1].startswith("generate: done, 5 images in ")  # a short job: only the final progress line
     manifest = pq.read_table(tmp_path / "s.parquet").to_pylist()
     assert [m["key"] for m in manifest] == prompts.column("key").to_pylist()
     assert [m["label"] for m in manifest] == [0, 1, 0, 1, 0]

@@ -23,6 +23,7 @@ from .finetune import (
     train_classifier,
     train_probe,
 )
+from .progress import Progress
 from .shards import load_images
 from .synthesize import pick_device
 
@@ -39,14 +40,18 @@ def resolve_precision(precision: str, device: str, key: str = "clip.precision") 
 
 
 def evaluate_splits(model, task: dict, splits: dict[str, pd.DataFrame], transform, cfg: dict, device: str,
-                    precision: str, num_workers: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
+                    precision: str, num_workers: int = 0, log: Callable[[str], None] | None = None,
+                    ) -> tuple[dict, dict[str, np.ndarray]]:
     """Accuracy on every configured evaluation split, ``{split: {top1, top5, mean_per_class, n}}``, and
-    the ranked predictions of each split's images (read by ``num_workers`` data-loader processes)."""
+    the ranked predictions of each split's images (read by ``num_workers`` data-loader processes);
+    ``log``: where each split's progress lines go (None: nowhere)."""
     n_classes = len(task["classnames"])
     results, ranked = {}, {}
     for name, table in splits.items():
-        results[name], ranked[name] = evaluate(model, list(table["path"]), list(table["label"]), n_classes,
-                                               transform, cfg["batch_size"], device, precision, num_workers)
+        with Progress(len(table), f"evaluate {name}", log, unit="images") as progress:
+            results[name], ranked[name] = evaluate(model, list(table["path"]), list(table["label"]), n_classes,
+                                                   transform, cfg["batch_size"], device, precision, num_workers,
+                                                   progress=progress)
     return results, ranked
 
 
@@ -62,15 +67,17 @@ def linear_probe_splits(model, task: dict, tables: dict[str, pd.DataFrame], tran
         raise ValueError(f"linear probe: no training images in splits {list(cfg.train_splits)} "
                          "(config key 'evaluate.linear_probe.train_splits')")
 
-    def features(table: pd.DataFrame):
-        return extract_features(model.visual, list(table["path"]), transform, batch_size, device, precision,
-                                num_workers)
+    def features(table: pd.DataFrame, name: str):
+        with Progress(len(table), f"linear probe features of {name}", log, unit="images") as progress:
+            return extract_features(model.visual, list(table["path"]), transform, batch_size, device, precision,
+                                    num_workers, progress=progress)
 
-    head = train_probe(features(train), list(train["label"]), n_classes, cfg, seed, log, device)
+    head = train_probe(features(train, "+".join(cfg.train_splits)), list(train["label"]), n_classes, cfg, seed, log,
+                       device)
     results, ranked = {}, {}
     with torch.no_grad():
         for split in cfg.eval_splits:
-            logits = head(features(tables[split]))
+            logits = head(features(tables[split], split))
             ranked[split] = logits.topk(min(TOP_K, n_classes), dim=1).indices.numpy().astype(np.int32)
             results[split] = accuracy(ranked[split], tables[split]["label"].to_numpy(), n_classes)
     return results, ranked
@@ -162,14 +169,15 @@ def run_cell(
         stats = train_classifier(model, images, list(subset["label"]), transform, cfg, device, precision, log)
         extra.update(n_train=len(subset), **stats)
     results, ranked = evaluate_splits(model, task, eval_splits, clip.preprocess_val, evaluate_cfg, device,
-                                      eval_precision, num_workers)
+                                      eval_precision, num_workers, log)
     ranked, tables = {"classifier": ranked}, dict(eval_splits)
     log(f"evaluation: {results}")
     extra["eval_sets"] = {}
     for name, (table, classes) in sorted((eval_sets or {}).items()):  # the extra sets, e.g. under shift
-        extra["eval_sets"][name], ranked["classifier"][name] = evaluate(
-            model, list(table["path"]), list(table["label"]), len(task["classnames"]), clip.preprocess_val,
-            evaluate_cfg["batch_size"], device, eval_precision, num_workers, classes=classes)
+        with Progress(len(table), f"evaluate {name}", log, unit="images") as progress:
+            extra["eval_sets"][name], ranked["classifier"][name] = evaluate(
+                model, list(table["path"]), list(table["label"]), len(task["classnames"]), clip.preprocess_val,
+                evaluate_cfg["batch_size"], device, eval_precision, num_workers, classes=classes, progress=progress)
         tables[name] = table
         log(f"evaluation set {name}: {extra['eval_sets'][name]}")
     if evaluate_cfg.get("linear_probe") is not None:

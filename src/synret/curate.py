@@ -23,6 +23,7 @@ from PIL import Image
 from . import copydetect
 from .clip import LoadedClip, zero_shot_weights
 from .embed import embed_images
+from .progress import Progress
 from .shards import content_hash, decode_image, read_images
 
 # near-duplicates of evaluation images dropped before the per-class CLIP-score cut (the kept top fraction
@@ -73,11 +74,12 @@ def describe_rows(clip: LoadedClip, rows: pd.DataFrame, cfg: dict, device: str, 
     decoded by ``num_workers`` data-loader processes."""
     have = rows["shard"].notna()
     emb = desc = None
+    progress = Progress(int(have.sum()), "describe", log, unit="images")  # counts the CLIP embedding pass
     for shard, group in rows[have].groupby("shard", sort=True):
         images = read_images(shard, group["member"].unique())
         data = [images[m] for m in group["member"]]
         e = embed_images(clip, data, batch_size=cfg["batch_size"], device=device, precision=precision,
-                         num_workers=num_workers)
+                         num_workers=num_workers, progress=progress)
         d = dedup_descriptors(clip, data, cfg["dedup"], cfg["batch_size"], device, clip_emb=e, num_workers=num_workers)
         if emb is None:
             emb = np.full((len(rows), e.shape[1]), np.nan, dtype=np.float32)
@@ -89,6 +91,7 @@ def describe_rows(clip: LoadedClip, rows: pd.DataFrame, cfg: dict, device: str, 
         log(f"described {len(group)} images of {shard}")
     if emb is None:
         raise ValueError("the source has no images to curate (every candidate failed)")
+    progress.done()
     return emb, desc
 
 

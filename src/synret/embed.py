@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .augment import evaluation_transform
 from .clip import LoadedClip
+from .progress import Progress
 from .shards import decode_image
 
 
@@ -80,26 +81,32 @@ def autocast(device: str, precision: str):
 
 
 def evaluation_batches(items: Sequence[bytes | str | np.ndarray], transform: Callable, batch_size: int,
-                       num_workers: int = 0, device: str = "cpu") -> Iterator[torch.Tensor]:
+                       num_workers: int = 0, device: str = "cpu", progress: Progress | None = None,
+                       ) -> Iterator[torch.Tensor]:
     """The items preprocessed by an eval ``transform``, in order, as batches on ``device``: open_clip's eval
     transform in its faster form, the same bits (``augment.evaluation_transform``: the loader gives uint8
-    pixels, normalised here on ``device``); any other transform as it is."""
+    pixels, normalised here on ``device``); any other transform as it is. ``progress`` (its owner calls
+    ``done``) counts each batch's images once the caller has taken the next one or finished."""
     transform, finish_batch = evaluation_transform(transform)
     for x in image_loader(ImageDataset(items, transform), batch_size, num_workers, device):
+        n = len(x)
         x = x.to(device)
         yield x if finish_batch is None else finish_batch(x)
+        if progress is not None:
+            progress.update(n)
 
 
 @torch.no_grad()
 def embed_images(
     clip: LoadedClip, items: Sequence[bytes | str | np.ndarray], batch_size: int = 256, device: str = "cpu",
-    num_workers: int = 0, precision: str = "fp32",
+    num_workers: int = 0, precision: str = "fp32", progress: Progress | None = None,
 ) -> np.ndarray:
     """L2-normalised image embeddings (float32, one row per item, in order); ``num_workers`` processes
     decode the images (see ``image_loader``), preprocessed by the model's eval transform in its faster form,
-    the same bits (``augment.evaluation_transform``)."""
+    the same bits (``augment.evaluation_transform``). ``progress``: counts the embedded images (see
+    ``evaluation_batches``)."""
     out = []
-    for x in evaluation_batches(items, clip.preprocess_val, batch_size, num_workers, device):
+    for x in evaluation_batches(items, clip.preprocess_val, batch_size, num_workers, device, progress):
         with autocast(device, precision):
             emb = clip.model.encode_image(x)
         out.append(F.normalize(emb.float(), dim=-1).cpu().numpy())

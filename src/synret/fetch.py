@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .progress import Progress
 from .workflow import write_json
 
 
@@ -146,8 +147,24 @@ def _list_hash(urls: pa.Table, settings: dict) -> str:
     return digest.hexdigest()
 
 
-def run_img2dataset(url_list: Path, out_dir: Path, cfg: dict, log_file=None) -> None:
-    """Call img2dataset.download in a child process with every option spelled out."""
+def finished_urls(folder: Path) -> int:
+    """URLs in the shards img2dataset has finished in ``folder``: the ``count`` of each ``*_stats.json`` it
+    writes when a shard is done (successes and failures); one that cannot be read yet counts nothing."""
+    n = 0
+    for path in Path(folder).glob("*_stats.json"):
+        try:
+            n += int(json.loads(path.read_text()).get("count", 0))
+        except (OSError, ValueError, TypeError, AttributeError):  # being written, or not img2dataset's
+            continue
+    return n
+
+
+def run_img2dataset(url_list: Path, out_dir: Path, cfg: dict, log_file=None, log: Callable[[str], None] | None = None,
+                    poll: float = 1.0) -> None:
+    """Call img2dataset.download in a child process with every option spelled out.
+
+    ``log``: where the download's progress goes (URLs of finished shards, polled every ``poll`` seconds,
+    against the list's URLs; shards finished by an earlier, interrupted run are not counted)."""
     kwargs = {
         "url_list": str(url_list),
         "input_format": "parquet",
@@ -171,10 +188,30 @@ def run_img2dataset(url_list: Path, out_dir: Path, cfg: dict, log_file=None) -> 
         "compute_hash": "sha256",
     }
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "synret.img2dataset_child", json.dumps(kwargs)], env=env,
-                          stdout=log_file, stderr=subprocess.STDOUT if log_file else None)
-    if proc.returncode != 0:
-        raise RuntimeError(f"img2dataset exited with status {proc.returncode}")
+    try:
+        total = pq.read_metadata(url_list).num_rows
+    except (OSError, pa.ArrowException):  # no readable list: img2dataset says what is wrong with it
+        total = None
+    before = finished_urls(out_dir)
+    if log and before:
+        log(f"resuming: {before} URLs are in shards finished before")
+    progress = Progress(None if total is None else total - before, "download", log, unit="URLs")
+    with subprocess.Popen([sys.executable, "-m", "synret.img2dataset_child", json.dumps(kwargs)], env=env,
+                          stdout=log_file, stderr=subprocess.STDOUT if log_file else None) as proc:
+        try:
+            while True:
+                try:
+                    returncode = proc.wait(timeout=poll)
+                    break
+                except subprocess.TimeoutExpired:
+                    progress.update_to(finished_urls(out_dir) - before)
+        except BaseException:  # as subprocess.run: interrupted, the child goes too
+            proc.kill()
+            raise
+    if returncode != 0:
+        raise RuntimeError(f"img2dataset exited with status {returncode}")
+    progress.update_to(finished_urls(out_dir) - before)
+    progress.done()
 
 
 def download_results(folder: Path) -> pa.Table:
@@ -203,7 +240,7 @@ def download(candidates: pa.Table, out_dir: str | Path, cfg: dict, log: Callable
     stamp.write_text(fingerprint)
     pq.write_table(urls, work / "urls.parquet")
     log(f"downloading {urls.num_rows} unique URLs for {candidates.num_rows} candidates")
-    run_img2dataset(work / "urls.parquet", images_dir, cfg, log_file)
+    run_img2dataset(work / "urls.parquet", images_dir, cfg, log_file, log)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(work, out_dir)

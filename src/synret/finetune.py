@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .augment import training_transform
 from .clip import LoadedClip, zero_shot_weights
 from .embed import ImageDataset, autocast, evaluation_batches, image_loader
+from .progress import Progress
 
 
 @dataclass
@@ -140,6 +141,7 @@ def train_classifier(
     if probe:
         model.visual.eval()  # a frozen tower: no dropout, no statistics updates
     step, start, losses = 0, time.time(), []
+    progress = Progress(total, "train", log, unit="steps")
     for epoch in range(cfg.epochs):
         for x, y in loader:
             for group in opt.param_groups:
@@ -158,8 +160,10 @@ def train_classifier(
             scaler.update()
             losses.append(loss.item())
             step += 1
+            progress.update()
         log(f"epoch {epoch + 1}/{cfg.epochs} step {step}/{total} loss {np.mean(losses[-len(loader):]):.4f} "
             f"({time.time() - start:.1f}s)")
+    progress.done()
     model.eval()
     return {"steps": step, "final_loss": float(np.mean(losses[-max(1, len(loader)):])) if losses else None,
             "train_seconds": round(time.time() - start, 2)}
@@ -172,16 +176,18 @@ TOP_K = 5  # ranked predictions kept per image: top-1 and top-5 accuracy recompu
 def predict(
     model: ImageClassifier, paths: Sequence[str], transform: Callable, batch_size: int, device: str,
     precision: str, num_workers: int = 0, k: int = TOP_K, classes: Sequence[int] | None = None,
+    progress: Progress | None = None,
 ) -> np.ndarray:
     """The ``k`` highest-scoring classes of every image, best first: int array (N, min(k, classes)).
     ``num_workers`` processes read and preprocess the images (``embed.image_loader``), as training's do.
     ``classes``: only these class labels compete (an evaluation set covering some of the task's classes);
     the result still holds task labels. open_clip's eval transform runs in its faster form, the same bits
-    (``augment.evaluation_transform``): the loader gives uint8 batches, normalised on ``device``."""
+    (``augment.evaluation_transform``): the loader gives uint8 batches, normalised on ``device``.
+    ``progress``: counts the predicted images (``embed.evaluation_batches``)."""
     model.eval()
     allowed = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long)
     ranked = []
-    for x in evaluation_batches(list(paths), transform, batch_size, num_workers, device):
+    for x in evaluation_batches(list(paths), transform, batch_size, num_workers, device, progress):
         with autocast(device, precision):
             logits = model(x).float()
         if allowed is not None:
@@ -196,24 +202,26 @@ def predict(
 def evaluate(
     model: ImageClassifier, paths: Sequence[str], labels: Sequence[int], n_classes: int, transform: Callable,
     batch_size: int, device: str, precision: str, num_workers: int = 0, classes: Sequence[int] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[dict, np.ndarray]:
     """Accuracy of the model on the images (see ``accuracy``) and its ranked predictions (``classes``: only
-    these labels compete, see ``predict``)."""
-    ranked = predict(model, paths, transform, batch_size, device, precision, num_workers, classes=classes)
+    these labels compete, see ``predict``; ``progress``: counts the images)."""
+    ranked = predict(model, paths, transform, batch_size, device, precision, num_workers, classes=classes,
+                     progress=progress)
     return accuracy(ranked, np.asarray(labels), n_classes), ranked
 
 
 @torch.no_grad()
 def extract_features(
     visual: nn.Module, paths: Sequence[str], transform: Callable, batch_size: int, device: str, precision: str,
-    num_workers: int = 0,
+    num_workers: int = 0, progress: Progress | None = None,
 ) -> torch.Tensor:
     """L2-normalised image features of the files, float32 on CPU (what the classifier's head sees);
     ``num_workers`` processes read and preprocess the images (open_clip's eval transform in its faster
-    form, as in ``predict``)."""
+    form, as in ``predict``); ``progress``: counts the images."""
     visual.eval()
     feats = []
-    for x in evaluation_batches(list(paths), transform, batch_size, num_workers, device):
+    for x in evaluation_batches(list(paths), transform, batch_size, num_workers, device, progress):
         with autocast(device, precision):
             feats.append(F.normalize(visual(x).float(), dim=-1).cpu())
     return torch.cat(feats) if feats else torch.zeros(0, 0)

@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from .curate import nested_subset
+from .progress import Progress
 from .shards import content_hash, decode_image, encode_image, load_images, write_shard
 from .sources import effective_steps
 from .synthesize import MANIFEST_SCHEMA as SYNTHETIC_SCHEMA
@@ -90,6 +91,7 @@ def img2img_shard(
     size = (cfg["width"], cfg["height"])
     device = pipe.device
     samples, manifest, start = [], [], time.time()
+    progress = Progress(len(rows), "img2img", log, unit="images")
     for b in range(0, len(rows), cfg["batch_size"]):
         batch = rows.iloc[b : b + cfg["batch_size"]]
         images = [decode_image(data).convert("RGB").resize(size, Image.BICUBIC) for data in inputs[b : b + len(batch)]]
@@ -110,7 +112,8 @@ def img2img_shard(
                     "seed": seed, "source_key": row.source_key, "strength": float(cfg["strength"])}
             samples.append((row.key, data, cfg["image_format"], meta))
             manifest.append({**meta, "shard": str(shard_path), "sha256": content_hash(data)})
-        log(f"{b + len(batch)}/{len(rows)} images ({time.time() - start:.1f}s)")
+        progress.update(len(batch))
+    progress.done()
     write_shard(shard_path, samples)
     pq.write_table(pa.Table.from_pylist(manifest, schema=MANIFEST_SCHEMA), manifest_path)
     seconds = time.time() - start

@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .progress import Progress
+
 MODALITIES = ("image", "text")
 
 
@@ -189,7 +191,8 @@ def service_hits(
     wanted = {role: column for role, column in columns.items() if column}
     out = {"label": [], "query": [], "method": [], "rank": [], "score": []}
     meta: dict[str, list] = {column: [] for column in wanted.values()}
-    for n, ((modality, q), results) in enumerate(zip(items, client.query_many(requests, parallel)), 1):
+    progress = Progress(len(items), "kNN queries", log, unit="requests")
+    for (modality, q), results in zip(items, client.query_many(requests, parallel)):
         for rank, result in enumerate(results):
             out["label"].append(labels[q])
             out["query"].append(queries[q])
@@ -203,7 +206,7 @@ def service_hits(
                                    f"(config key 'pool.knn_service.columns.{role}')")
                 value = result[column]
                 values.append(None if value is None else str(value))
-        if log and n % 1000 == 0:
-            log(f"{n}/{len(items)} kNN requests answered, {len(out['label'])} hits")
+        progress.update()
+    progress.done()
     table = pa.table({name: pa.array(values, pa.string()) for name, values in meta.items()})
     return _hits_table(out, table, columns, f"the kNN service {client.url}", "pool.knn_service.columns")

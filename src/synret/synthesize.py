@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from .progress import Progress
 from .shards import content_hash, encode_image, write_shard
 
 
@@ -93,6 +94,7 @@ def generate_shard(
     rows = prompts.to_pylist()
     device = pipe.device
     samples, manifest, start = [], [], time.time()
+    progress = Progress(len(rows), "generate", log, unit="images")
     for b in range(0, len(rows), cfg["batch_size"]):
         batch = rows[b : b + cfg["batch_size"]]
         seeds = [cfg["seed"] + int(r["key"][1:]) for r in batch]
@@ -112,7 +114,8 @@ def generate_shard(
                     "prompt": row["prompt"], "seed": seed}
             samples.append((row["key"], data, cfg["image_format"], meta))
             manifest.append({**meta, "shard": str(shard_path), "sha256": content_hash(data)})
-        log(f"{b + len(batch)}/{len(rows)} images ({time.time() - start:.1f}s)")
+        progress.update(len(batch))
+    progress.done()
     write_shard(shard_path, samples)
     pq.write_table(pa.Table.from_pylist(manifest, schema=MANIFEST_SCHEMA), manifest_path)
     seconds = time.time() - start
