@@ -68,3 +68,4 @@ rule all:
         rules.quality_table.output,
         rules.compute_accounting.output,
         expand(rules.sample_grid.output, task=TASKS),
+        rules.table_pages.output,

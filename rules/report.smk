@@ -10,6 +10,7 @@ localrules:
     quality_table,
     sample_grid,
     compute_accounting,
+    table_pages,
 
 
 def report_settings(wildcards=None):
@@ -67,13 +68,13 @@ rule quality_table:
             "results/tables/quality.csv",
             caption="../report/quality_table.rst",
             category="2. Data quality",
-            labels={"table": "data quality per task and source"},
+            labels={"name": "data quality per task and source (CSV)"},
         ),
         plot=report(
             "results/plots/quality.png",
             caption="../report/quality_plot.rst",
             category="2. Data quality",
-            labels={"figure": "data quality against accuracy"},
+            labels={"name": "data quality against accuracy"},
         ),
     log:
         "logs/quality/table.log",
@@ -96,7 +97,7 @@ rule sample_grid:
             caption="../report/samples.rst",
             category="3. Training images",
             subcategory="{task}",
-            labels={"task": "{task}", "figure": "sample images per source"},
+            labels={"name": "sample images of every source", "task": "{task}"},
         ),
     log:
         "logs/report/{task}.samples.log",
@@ -117,19 +118,19 @@ rule compute_accounting:
             "results/tables/compute_data.csv",
             caption="../report/compute_data.rst",
             category="4. Compute",
-            labels={"table": "data compute per source"},
+            labels={"name": "data compute per source (CSV)"},
         ),
         cells=report(
             "results/tables/compute.csv",
             caption="../report/compute_cells.rst",
             category="4. Compute",
-            labels={"table": "compute per cell"},
+            labels={"name": "compute per cell (CSV)"},
         ),
         plot=report(
             "results/plots/compute.png",
             caption="../report/compute_plot.rst",
             category="4. Compute",
-            labels={"figure": "accuracy against compute"},
+            labels={"name": "accuracy against compute"},
         ),
     log:
         "logs/report/compute.log",
@@ -140,3 +141,38 @@ rule compute_accounting:
         "../envs/synret.yaml"
     script:
         "../workflow_scripts/compute_accounting.py"
+
+
+rule table_pages:
+    input:
+        summary="results/tables/summary.csv",
+        paired="results/tables/paired.csv",
+        quality="results/tables/quality.csv",
+        sources="results/tables/sources.csv",
+        compute_data="results/tables/compute_data.csv",
+        compute="results/tables/compute.csv",
+    output:
+        results=report(
+            "results/report/tables/results.html",
+            caption="../report/table_pages.rst",
+            category="1. Results",
+            labels={"name": "tables: accuracy per point, paired differences"},
+        ),
+        quality=report(
+            "results/report/tables/data_quality.html",
+            caption="../report/table_pages.rst",
+            category="2. Data quality",
+            labels={"name": "tables: the data-quality panel, curation per source"},
+        ),
+        compute=report(
+            "results/report/tables/compute.html",
+            caption="../report/table_pages.rst",
+            category="4. Compute",
+            labels={"name": "tables: compute per source and stage, per point"},
+        ),
+    log:
+        "logs/report/tables.log",
+    conda:
+        "../envs/synret.yaml"
+    script:
+        "../workflow_scripts/table_pages.py"

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from synret.knn import KnnIndex, build_index, knn_hits, near_duplicates, service_hits, write_index_folder
+from synret.knn import KnnIndex, build_index, knn_hits, near_duplicates, write_index_folder
 
 COLUMNS = {"id": "SAMPLE_ID", "url": "URL", "caption": "TEXT", "nsfw": "NSFW"}
 
@@ -296,24 +296,3 @@ def test_deduplicated_search_drops_planted_copies(tmp_path, factory):
                     {"id": "SAMPLE_ID"}, nprobe=4, deduplicate=True)
     assert hits.num_rows == int((dids >= 0).sum())
     assert max(hits.column("rank").to_pylist()) < 8
-
-
-class _FakeService:
-    """A stand-in for KnnServiceClient: every request answers two results, in order."""
-
-    url = "http://127.0.0.1:1"
-
-    def query_many(self, requests, parallel):
-        for r in requests:
-            yield [{"similarity": 0.9 - i / 10, "URL": f"http://x/{r['modality']}/{i}", "TEXT": r.get("text"),
-                    "SAMPLE_ID": i} for i in range(2)]
-
-
-def test_service_hits_logs_its_progress():
-    lines = []
-    hits = service_hits(_FakeService(), None, [0, 1, 2], ["a", "b", "c"], ["image", "text"], 2,
-                        {"id": "SAMPLE_ID", "url": "URL", "caption": "TEXT"}, log=lines.append)
-    assert hits.num_rows == 3 * 2 * 2
-    assert hits.column("method").to_pylist()[:2] == ["knn_image"] * 2
-    assert len(lines) == 1 and lines[0].startswith("kNN queries: done, 6 requests in ")
-    assert service_hits(_FakeService(), None, [0], ["a"], ["text"], 2, {"url": "URL"}).num_rows == 2  # no log

@@ -189,8 +189,10 @@ def test_text_queries_are_embedded_by_the_service_like_here(service, pool_index)
     labels = [0, 1, 2, 3]
     local = knn_hits(KnnIndex(folder), encode_texts(clip, QUERIES).numpy(), labels, QUERIES, ["image", "text"], 5,
                      COLUMNS)
-    remote = service_hits(client, None, labels, QUERIES, ["image", "text"], 5, COLUMNS)
+    lines = []
+    remote = service_hits(client, None, labels, QUERIES, ["image", "text"], 5, COLUMNS, log=lines.append)
     assert _comparable(remote) == _comparable(local)
+    assert lines[-1].startswith(f"kNN queries: done, {2 * len(QUERIES)} requests in ")  # its progress, in the log
     # an indexed caption, queried as text, finds itself with similarity 1
     best = client.query(text="a red star", modality="text", k=1)[0]
     assert best["TEXT"] == "a red star" and best["similarity"] == pytest.approx(1.0, abs=1e-4)

@@ -262,6 +262,15 @@ PANEL = [  # (column, axis label, what is better)
 ]
 
 
+QUALITY_COLUMNS = [  # the table's first columns, in reading order; dropped_<reason> and the rest follow
+    "task", "source", "kind", "candidates", "kept", "classes", "classes_with_images",
+    "label_fidelity_zeroshot", "label_fidelity_zeroshot_real", "label_fidelity_truth",
+    "within_class_similarity", "within_class_similarity_real", "vendi_per_class", "vendi_per_class_real",
+    "vendi_images_per_class", "frechet_to_test", "frechet_to_test_real",
+    "clip_score_kept_median", "clip_score_dropped_median", "leakage_removed", "leakage_kept", "scale", "top1",
+]
+
+
 def quality_rows(records: dict[tuple[str, str], dict], summary: pd.DataFrame) -> pd.DataFrame:
     """One row per (task, source): the panel's measures, the same measured on the task's own training
     images (``*_real``), kept / dropped counts, and the source's accuracy at the largest scale it reached
@@ -269,7 +278,7 @@ def quality_rows(records: dict[tuple[str, str], dict], summary: pd.DataFrame) ->
     rows = []
     for (task, name), q in records.items():
         row = {"task": task, "source": name, **{k: v for k, v in q.items()
-                                                if not isinstance(v, dict)}}
+                                                if k not in ("dropped", "clip_score_kept", "clip_score_dropped")}}
         for reason, count in sorted((q.get("dropped") or {}).items()):
             row[f"dropped_{reason}"] = count
         for which in ("kept", "dropped"):
@@ -286,6 +295,8 @@ def quality_rows(records: dict[tuple[str, str], dict], summary: pd.DataFrame) ->
     for column in ("scale", "top1"):
         if column not in table:
             table[column] = np.nan
+    first = [c for c in QUALITY_COLUMNS if c in table]
+    table = table[first + sorted(c for c in table.columns if c not in first)]
     return table.sort_values(["task", "source"], kind="stable").reset_index(drop=True)
 
 
