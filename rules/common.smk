@@ -49,7 +49,7 @@ from synret.sources import (
     source_style,
     synthetic_sources_of,
 )
-from synret.quality import world_truth_of
+from synret.quality import report_settings as quality_report_settings, world_truth_of
 
 try:
     check_config(config, os.path.join(workflow.basedir, "config.schema.yaml"))
@@ -293,3 +293,18 @@ def eval_set_inputs(wildcards):
     """Every extra evaluation set's manifest and class file of the job's task (none: an empty list)."""
     return [f"results/tasks/{wildcards.task}/eval/{name}.{ext}"
             for name in eval_sets_of(config, wildcards.task) for ext in ("parquet", "json")]
+
+
+# ---------------------------------------------------------------- the report (rules/report.smk)
+
+from synret.compute import data_plan
+
+
+def report_settings(wildcards=None):
+    """The ``report`` block with its defaults (synret.quality.report_settings)."""
+    return canonical(quality_report_settings(config))
+
+
+def world_truth_params(wildcards):
+    """On the demo world: the factors that name the task's classes, read from the pool's ground truth."""
+    return canonical(world_truth_of(config, wildcards.task))

@@ -3,26 +3,11 @@
 # per task a grid of sample images of every source beside test images, and the compute behind each
 # source's data and each cell (from the jobs' benchmark records). synret.quality, synret.compute.
 
-from synret.compute import data_plan
-
-
 localrules:
     quality_table,
     sample_grid,
     compute_accounting,
     table_pages,
-
-
-def report_settings(wildcards=None):
-    return canonical({**REPORT_DEFAULTS, **(config.get("report") or {})})
-
-
-REPORT_DEFAULTS = {"sample_classes": 4, "kept_per_class": 3, "dropped_per_class": 2, "vendi_images_per_class": 20, "seed": 0}
-
-
-def world_truth_params(wildcards):
-    """On the demo world: the factors that name the task's classes, read from the pool's ground truth."""
-    return canonical(world_truth_of(config, wildcards.task))
 
 
 rule data_quality:

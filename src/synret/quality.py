@@ -30,6 +30,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+REPORT_DEFAULTS = {"sample_classes": 4, "kept_per_class": 3, "dropped_per_class": 2, "vendi_images_per_class": 20,
+                   "seed": 0}
+
+
+def report_settings(config: dict) -> dict:
+    """The config's ``report`` block over its defaults (the block is optional)."""
+    return {**REPORT_DEFAULTS, **(config.get("report") or {})}
 SAMPLE_COLUMNS = ["key", "label", "classname", "text", "clip_score", "kept", "drop_reason", "image"]
 
 
