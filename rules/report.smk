@@ -121,6 +121,7 @@ rule compute_accounting:
         "logs/report/compute.log",
     params:
         plan=canonical(data_plan(config, TASKS, len(pool_parts()))),
+        tasks=TASKS,
         styles=source_styles(),
     conda:
         "../envs/synret.yaml"

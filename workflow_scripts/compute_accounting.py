@@ -24,7 +24,7 @@ def main(smk, log):
     cells = table[table["source"] != "zeroshot"]
     costs = cell_table(cells, data, lambda c: f"{c.task}/{c.source}/{c.size}/seed{c.seed}")
     write_csv(costs, smk.output.cells)
-    plot_compute(costs, list(plan), smk.output.plot, smk.params.styles, zeroshot=zeroshot)
+    plot_compute(costs, smk.params.tasks, smk.output.plot, smk.params.styles, zeroshot=zeroshot)
     log(f"{len(data)} data rows, {len(costs)} cells")
 
 

@@ -151,6 +151,7 @@ def plot_compute(cells: pd.DataFrame, tasks: Sequence[str], path: str | Path, st
     """Accuracy against the compute behind each point (mean over seeds), one panel per task, one line per
     source: sources compared at equal cost as well as at equal count."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -168,6 +169,8 @@ def plot_compute(cells: pd.DataFrame, tasks: Sequence[str], path: str | Path, st
         if zeroshot and task in zeroshot:
             ax.axhline(zeroshot[task], color="grey", linestyle="--", linewidth=1, label="zero-shot")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(task)
         ax.set_xlabel(f"{label} per point (data share + training)")
         ax.set_ylabel("top-1 accuracy (test)")

@@ -345,10 +345,15 @@ def plot_quality(table: pd.DataFrame, path, styles: dict) -> None:
     plt.close(fig)
 
 
+REASONS = {"dropped: clip_score": "dropped: low score", "dropped: near_duplicate_of_eval": "dropped: eval copy",
+           "dropped: duplicate_image": "dropped: repeat"}  # short, to fit under an image
+
+
 def plot_samples(task: dict, sources: dict[str, pd.DataFrame], test: pd.DataFrame, classes: Sequence[int],
                  labels: dict[str, str], path, test_per_class: int = 3) -> None:
-    """One row per source (and one of test images on top), the shown classes side by side: each image with
-    its prompt or caption, CLIP score and kept / dropped reason."""
+    """A block of rows per shown class: its test images, then one row per source of the images it kept and
+    dropped, each with its prompt or caption, CLIP score and kept / dropped reason (red). Narrow and tall, so
+    that a report page, which fits it to its width, keeps the captions readable."""
     import textwrap
 
     import matplotlib
@@ -360,33 +365,29 @@ def plot_samples(task: dict, sources: dict[str, pd.DataFrame], test: pd.DataFram
     from .shards import decode_image
 
     per_class = max([test_per_class] + [int((df["label"] == c).sum()) for df in sources.values() for c in classes])
-    rows = [("test images", None)] + [(labels.get(n, n), df) for n, df in sources.items()]
-    cols = len(classes) * per_class
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.45 * cols, 1.9 * len(rows)), squeeze=False)
+    rows = [(label, name) for label in classes for name in [None, *sources]]
+    fig, axes = plt.subplots(len(rows), per_class, figsize=(1.6 * per_class + 1.2, 1.75 * len(rows)), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for r, (row_label, df) in enumerate(rows):
-        for ci, label in enumerate(classes):
-            if df is None:
-                picked = test[test["label"] == label].head(test_per_class)
-                items = [(Image.open(p).convert("RGB"), "", "test image", None) for p in picked["path"]]
-            else:
-                picked = df[df["label"] == label]
-                items = [(decode_image(x["image"]), x["text"] or "", "kept" if x["kept"] else f"dropped: {x['drop_reason']}",
-                          x["clip_score"]) for x in picked.to_dict("records")]
-            for j, (image, text, status, score) in enumerate(items[:per_class]):
-                ax = axes[r][ci * per_class + j]
-                ax.imshow(image, interpolation="nearest")
-                caption = textwrap.shorten(str(text), 60, placeholder="…")
-                lines = textwrap.wrap(caption, 22)[:3]
-                score_text = "" if score is None or pd.isna(score) else f"CLIP {score:.2f} · "
-                ax.set_title("\n".join(lines + [score_text + status]), fontsize=5.5,
-                             color="black" if status in ("kept", "test image") else "#b00020")
-            if r == 0:
-                axes[0][ci * per_class].annotate(task["classnames"][label], (0, 1.55), xycoords="axes fraction",
-                                                 fontsize=9, fontweight="bold")
-        axes[r][0].text(-0.15, 0.5, row_label, transform=axes[r][0].transAxes, rotation=90, va="center", ha="right",
-                        fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    for r, (label, name) in enumerate(rows):
+        if name is None:
+            picked = test[test["label"] == label].head(test_per_class)
+            items = [(Image.open(p).convert("RGB"), "", "test image", None) for p in picked["path"]]
+            row_label = f"{task['classnames'][label]}\n\ntest images"
+        else:
+            picked = sources[name][sources[name]["label"] == label]
+            items = [(decode_image(x["image"]), x["text"] or "", "kept" if x["kept"] else f"dropped: {x['drop_reason']}",
+                      x["clip_score"]) for x in picked.to_dict("records")]
+            row_label = labels.get(name, name)
+        for j, (image, text, status, score) in enumerate(items[:per_class]):
+            ax = axes[r][j]
+            ax.imshow(image, interpolation="nearest")
+            lines = textwrap.wrap(textwrap.shorten(str(text), 56, placeholder="…"), 24)[:3]
+            score_text = "" if score is None or pd.isna(score) else f"CLIP {score:.2f} · "
+            ax.set_title("\n".join(lines + [score_text + REASONS.get(status, status)]), fontsize=6.5,
+                         color="black" if status in ("kept", "test image") else "#b00020")
+        axes[r][0].text(-0.12, 0.5, row_label, transform=axes[r][0].transAxes, va="center", ha="right",
+                        fontsize=9, fontweight="bold" if name is None else "normal")
+    fig.tight_layout(rect=(0.08, 0, 1, 1))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
