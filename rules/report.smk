@@ -36,8 +36,8 @@ rule data_quality:
     threads: lambda wc: curate_threads(config, wc.task)
     resources:
         gpu=1,
-        mem_mb=sized("mem_mb", "curate"),  # it reads no more images than the curation did
-        runtime=sized("runtime", "curate"),
+        mem_mb=sized("mem_mb", "data_quality"),  # it reads no more images than the curation did
+        runtime=sized("runtime", "data_quality"),
     conda:
         "../envs/synret.yaml"
     script:

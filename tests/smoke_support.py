@@ -44,3 +44,23 @@ def local_smoke_run(workdir: Path) -> tuple[Path, float]:
     proc = snakemake(workdir, "--cores", "2")
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     return workdir, time.time() - start
+
+
+REPRODUCIBLE = [  # what must be the same to the bit whatever --cores is and whatever shares the machine
+    "results/world/clip/*.safetensors",
+    "results/world/generator/*/*.safetensors",
+    "results/synthetic/*/shard-*.tar",
+    "results/synthetic/*/shard-*.parquet",
+    "results/world/generator_early/*/*.safetensors",
+    "results/synthetic_early/*/shard-*.tar",
+    "results/img2img/*/shard-*.tar",
+    "results/img2img/*/shard-*.parquet",
+    "results/random/*/download_manifest.parquet",
+    "results/curated/*/*/manifest.parquet",
+    "results/cells/**/predictions.parquet",
+    "results/cells/**/train_manifest.parquet",
+    "results/tables/summary.csv",
+    "results/tables/paired.csv",
+    "results/tables/sources.csv",
+    "results/tables/exchange.csv",
+]

@@ -50,7 +50,7 @@ def test_slurm_profile_gpu_rules_are_the_rules_that_declare_gpus():
     text = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
     listed = ast.literal_eval(re.search(r"gpu_rules = (\[.*?\])", text).group(1))
     assert set(listed) == rules_declaring_gpus() == {
-        "synthesize_shard", "img2img_shard", "generator_prompts_llm", "curate", "finetune", "zeroshot"}
+        "synthesize_shard", "img2img_shard", "generator_prompts_llm", "curate", "data_quality", "finetune", "zeroshot"}
 
 
 def test_slurm_profile_without_site_settings_leaves_them_to_the_cluster(monkeypatch):

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from smoke_support import REPO, SMOKE, SNAKEMAKE, free_port, snakemake
+from smoke_support import REPO, REPRODUCIBLE, SMOKE, SNAKEMAKE, free_port, snakemake
 from synret import sources
 
 pytestmark = pytest.mark.slow
@@ -154,7 +154,7 @@ def test_plots_are_png(smoke_run):
     workdir, _ = smoke_run
     plots = sorted((workdir / "results" / "plots").glob("*.png"))
     tasks = smoke_config()["tasks"]
-    assert {p.stem for p in plots} == set(tasks) | {f"{t}_mix" for t in tasks} | {"summary", "paired"}
+    assert {p.stem for p in plots} == set(tasks) | {f"{t}_mix" for t in tasks} | {"summary", "paired", "quality", "compute"}
     for plot in plots:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         with Image.open(plot) as im:
@@ -226,24 +226,6 @@ def test_downloads_went_through_img2dataset(smoke_run):
         assert counts["status"].get("success", 0) > 0
 
 
-REPRODUCIBLE = [  # what must be the same to the bit whatever --cores is and whatever shares the machine
-    "results/world/clip/*.safetensors",
-    "results/world/generator/*/*.safetensors",
-    "results/synthetic/*/shard-*.tar",
-    "results/synthetic/*/shard-*.parquet",
-    "results/world/generator_early/*/*.safetensors",
-    "results/synthetic_early/*/shard-*.tar",
-    "results/img2img/*/shard-*.tar",
-    "results/img2img/*/shard-*.parquet",
-    "results/random/*/download_manifest.parquet",
-    "results/curated/*/*/manifest.parquet",
-    "results/cells/**/predictions.parquet",
-    "results/cells/**/train_manifest.parquet",
-    "results/tables/summary.csv",
-    "results/tables/paired.csv",
-    "results/tables/sources.csv",
-    "results/tables/exchange.csv",
-]
 
 
 def test_same_bits_whatever_the_cores(smoke_run, tmp_path):

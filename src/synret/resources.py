@@ -368,6 +368,7 @@ ESTIMATORS: dict[str, Callable] = {
     "finetune": _finetune,
     "zeroshot": _zeroshot,
     "curate": _curate,
+    "data_quality": _curate,  # embeds a curated set's kept images, the task's train and test: within curation's work
     "fetch_retrieved": _fetch_retrieved,
     "knn_query": _knn_query,
     "generator_prompts_llm": _generator_prompts_llm,
