@@ -112,6 +112,21 @@ def eval_sets_of(config: dict, task: str) -> dict:
                              "classes": spec.get("classes", "by_name")} for name, spec in sets.items()})
 
 
+TYPE_NAMES = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
+              "number": "a number", "boolean": "true or false"}
+# what each of the schema's patterns asks for, in words (tests/test_bad_configs.py: one for each)
+PATTERN_HINTS = {
+    "^http://(127\\.0\\.0\\.1|localhost):[0-9]+/?$":
+        "a loopback URL with a port: http://127.0.0.1:<port> or http://localhost:<port>",
+    "^https?://(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9._~-]+)(:[0-9]+)?(/\\S*)?$":
+        "an http(s) URL: http://<host>[:<port>][/<path>] or https://...",
+    "\\{c\\}": "a template with {c} (where the class name goes)",
+    "^[A-Za-z0-9_-]+$": "a name of letters, digits, _ and -",
+    "^[a-z][a-z0-9_]*$": "a name of lower case letters, digits and _, starting with a letter",
+    "^[a-z0-9_]+$": "a name of lower case letters, digits and _",
+}
+
+
 def _key_path(error) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "<top level>"
 
@@ -133,6 +148,13 @@ def schema_errors(config: dict, schema_path: str) -> list[str]:
             lines.append(f"config key '{key}': unknown key(s) {', '.join(map(repr, extra))}{hint}")
         elif error.validator == "required":
             lines.append(f"config key '{key}': {error.message}")
+        elif error.validator == "type" and error.instance is None:  # YAML's null, not Python's None
+            types = [error.validator_value] if isinstance(error.validator_value, str) else error.validator_value
+            removed = " (an overlay's null removes a block: this one is required)" if "object" in types else ""
+            lines.append(f"config key '{key}': is null, must be {' or '.join(TYPE_NAMES.get(t, t) for t in types)}"
+                         f"{removed}")
+        elif error.validator == "pattern" and error.validator_value in PATTERN_HINTS:  # a hint, not the regex
+            lines.append(f"config key '{key}': {error.instance!r} is not {PATTERN_HINTS[error.validator_value]}")
         else:
             lines.append(f"config key '{key}': {error.message}")
     return lines
