@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import urllib.parse
 from typing import Any
 
 import yaml
@@ -273,6 +274,78 @@ def semantic_errors(config: dict) -> list[str]:
     serve = config["pool"].get("serve")
     if serve and not (serve.get("base_url") or config.get("world")):
         problems.append("config key 'pool.serve.base_url': needed to serve a pool folder when there is no 'world'")
+    problems += url_errors(config) + world_errors(config)
+    return problems
+
+
+def url_errors(config: dict) -> list[str]:
+    """URLs whose port no socket has (the schema checks their form)."""
+    problems = []
+    urls = {"world.base_url": (config.get("world") or {}).get("base_url"),
+            "pool.serve.base_url": (config["pool"].get("serve") or {}).get("base_url"),
+            "pool.knn_service.url": (config["pool"].get("knn_service") or {}).get("url")}
+    for key, url in urls.items():
+        if not url:
+            continue
+        try:
+            port = urllib.parse.urlsplit(url).port
+        except ValueError:  # beyond 65535
+            port = -1
+        if port is not None and not 0 < port < 65536:
+            problems.append(f"config key '{key}': the port of {url!r} must lie between 1 and 65535")
+    return problems
+
+
+def _world_dataset_of(root: str) -> str | None:
+    """The world dataset a path inside results/world/datasets names (its first folder there), else None."""
+    rel = os.path.relpath(os.path.normpath(root), os.path.normpath(WORLD_PRODUCTS["datasets"]))
+    return None if rel == "." or rel.startswith("..") else rel.split(os.sep)[0]
+
+
+def world_errors(config: dict) -> list[str]:
+    """What the world's rules would fail on, or silently not make: factor values it does not draw, datasets
+    that a task or a shifted set names but the world lacks, a CLIP image size other than the world's, GroupNorm
+    groups that do not divide the generator's widths."""
+    world = config.get("world")
+    if not world:
+        return []
+    from .world.render import FACTORS
+
+    problems, datasets = [], world["datasets"]
+    known = ", ".join(datasets)
+    for name, spec in datasets.items():
+        for factor, values in (spec.get("values") or {}).items():
+            unknown = [v for v in values if v not in FACTORS[factor]]
+            if factor not in spec["factors"]:
+                problems.append(f"config key 'world.datasets.{name}.values.{factor}': {factor} is not one of its "
+                                f"factors ({', '.join(spec['factors'])})")
+            elif unknown:
+                problems.append(f"config key 'world.datasets.{name}.values.{factor}': the world draws no "
+                                f"{factor} {', '.join(map(repr, unknown))} (it draws {', '.join(FACTORS[factor])})")
+    unknown = [name for name in ((world.get("shifted") or {}).get("per_class") or {}) if name not in datasets]
+    if unknown:
+        problems.append(f"config key 'world.shifted.per_class': no world dataset {', '.join(map(repr, unknown))} "
+                        f"(world.datasets: {known})")
+    for task in config["tasks"]:
+        spec = config["task_settings"][task]
+        roots = {f"task_settings.{task}.dataset.root": spec["dataset"]["root"]}
+        roots.update({f"task_settings.{task}.eval_sets.{name}.dataset.root": s["dataset"]["root"]
+                      for name, s in (spec.get("eval_sets") or {}).items()})
+        for key, root in roots.items():
+            name = _world_dataset_of(root)
+            if name is not None and name not in datasets:
+                problems.append(f"config key '{key}': the world makes no dataset {name!r} (world.datasets: {known})")
+    vision = world["clip"]["model_cfg"]["vision_cfg"]
+    size = vision.get("image_size", 224)  # open_clip's default
+    if size != world["image_size"]:
+        problems.append(f"config key 'world.clip.model_cfg.vision_cfg.image_size': {size} is not world.image_size "
+                        f"{world['image_size']} (the world CLIP trains on the world's images as they are)")
+    generator = world.get("generator") or {}
+    for part in ("vae", "unet"):
+        groups, widths = generator.get(f"{part}_norm_num_groups"), generator.get(f"{part}_block_out_channels")
+        if groups and widths and any(w % groups for w in widths):
+            problems.append(f"config key 'world.generator.{part}_norm_num_groups': {groups} groups do not divide "
+                            f"every width of world.generator.{part}_block_out_channels {widths} (GroupNorm needs it)")
     return problems
 
 
