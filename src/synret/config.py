@@ -275,6 +275,10 @@ def semantic_errors(config: dict) -> list[str]:
     if serve and not (serve.get("base_url") or config.get("world")):
         problems.append("config key 'pool.serve.base_url': needed to serve a pool folder when there is no 'world'")
     problems += url_errors(config) + world_errors(config)
+    if not unknown:
+        from .sources import supply_problems
+
+        problems += supply_problems(config)
     return problems
 
 
