@@ -361,6 +361,7 @@ def check_config(config: dict, schema_path: str) -> None:
         missing = path_errors({**config, "tasks": [t for t in config["tasks"] if t in config["task_settings"]]})
         problems += missing
     if problems:
+        problems = list(dict.fromkeys(problems))  # each once: sources that share a model each check it
         hint = ("\n(what to download for real models and data, and where: README, \"Running the paper's experiment\")"
                 if missing and not config.get("world") else "")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems) + hint)
