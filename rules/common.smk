@@ -19,6 +19,11 @@ try:
     _scheduler_cores = workflow.cores
 except WorkflowError:  # no --cores, e.g. a cluster executor, where each job gets its own cores
     _scheduler_cores = None
+# Snakemake takes these: --cores -1 runs jobs on -1 threads, 0 runs none, --jobs -1 fails with a traceback
+for _option, _value in (("cores", _scheduler_cores), ("jobs", workflow.nodes)):
+    if _value is not None and _value < 1:
+        raise WorkflowError(f"--{_option} (or a profile's '{_option}') is {_value}: give a positive number"
+                            f"{', or all' if _option == 'cores' else ', or unlimited'}")
 prepare_job_environment(os.path.join(workflow.basedir, "src"), _scheduler_cores)
 
 from synret.config import (

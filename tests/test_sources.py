@@ -251,7 +251,7 @@ def test_an_img2img_instance_of_another_source(with_img2img):
     """Another strength of another source, under its own name; a mix of it curates what it transforms."""
     config = with_img2img
     config["source_settings"]["probe"] = {"kind": "img2img", "of": "synthetic_early", "strength": 1.0, "images": 50,
-                                          "synthetic": {"shard_size": 20, "steps": 3}}
+                                          "scales": [50], "synthetic": {"shard_size": 20, "steps": 3}}
     config["sources"] = ["synthetic", "probe"]
     check_config(config, SCHEMA)
     probe = sources.source("probe", config)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import urllib.parse
 from typing import Any
 
 import yaml
@@ -112,6 +113,21 @@ def eval_sets_of(config: dict, task: str) -> dict:
                              "classes": spec.get("classes", "by_name")} for name, spec in sets.items()})
 
 
+TYPE_NAMES = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
+              "number": "a number", "boolean": "true or false"}
+# what each of the schema's patterns asks for, in words (tests/test_bad_configs.py: one for each)
+PATTERN_HINTS = {
+    "^http://(127\\.0\\.0\\.1|localhost):[0-9]+/?$":
+        "a loopback URL with a port: http://127.0.0.1:<port> or http://localhost:<port>",
+    "^https?://(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9._~-]+)(:[0-9]+)?(/\\S*)?$":
+        "an http(s) URL: http://<host>[:<port>][/<path>] or https://...",
+    "\\{c\\}": "a template with {c} (where the class name goes)",
+    "^[A-Za-z0-9_-]+$": "a name of letters, digits, _ and -",
+    "^[a-z][a-z0-9_]*$": "a name of lower case letters, digits and _, starting with a letter",
+    "^[a-z0-9_]+$": "a name of lower case letters, digits and _",
+}
+
+
 def _key_path(error) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "<top level>"
 
@@ -133,6 +149,13 @@ def schema_errors(config: dict, schema_path: str) -> list[str]:
             lines.append(f"config key '{key}': unknown key(s) {', '.join(map(repr, extra))}{hint}")
         elif error.validator == "required":
             lines.append(f"config key '{key}': {error.message}")
+        elif error.validator == "type" and error.instance is None:  # YAML's null, not Python's None
+            types = [error.validator_value] if isinstance(error.validator_value, str) else error.validator_value
+            removed = " (an overlay's null removes a block: this one is required)" if "object" in types else ""
+            lines.append(f"config key '{key}': is null, must be {' or '.join(TYPE_NAMES.get(t, t) for t in types)}"
+                         f"{removed}")
+        elif error.validator == "pattern" and error.validator_value in PATTERN_HINTS:  # a hint, not the regex
+            lines.append(f"config key '{key}': {error.instance!r} is not {PATTERN_HINTS[error.validator_value]}")
         else:
             lines.append(f"config key '{key}': {error.message}")
     return lines
@@ -251,6 +274,82 @@ def semantic_errors(config: dict) -> list[str]:
     serve = config["pool"].get("serve")
     if serve and not (serve.get("base_url") or config.get("world")):
         problems.append("config key 'pool.serve.base_url': needed to serve a pool folder when there is no 'world'")
+    problems += url_errors(config) + world_errors(config)
+    if not unknown:
+        from .sources import supply_problems
+
+        problems += supply_problems(config)
+    return problems
+
+
+def url_errors(config: dict) -> list[str]:
+    """URLs whose port no socket has (the schema checks their form)."""
+    problems = []
+    urls = {"world.base_url": (config.get("world") or {}).get("base_url"),
+            "pool.serve.base_url": (config["pool"].get("serve") or {}).get("base_url"),
+            "pool.knn_service.url": (config["pool"].get("knn_service") or {}).get("url")}
+    for key, url in urls.items():
+        if not url:
+            continue
+        try:
+            port = urllib.parse.urlsplit(url).port
+        except ValueError:  # beyond 65535
+            port = -1
+        if port is not None and not 0 < port < 65536:
+            problems.append(f"config key '{key}': the port of {url!r} must lie between 1 and 65535")
+    return problems
+
+
+def _world_dataset_of(root: str) -> str | None:
+    """The world dataset a path inside results/world/datasets names (its first folder there), else None."""
+    rel = os.path.relpath(os.path.normpath(root), os.path.normpath(WORLD_PRODUCTS["datasets"]))
+    return None if rel == "." or rel.startswith("..") else rel.split(os.sep)[0]
+
+
+def world_errors(config: dict) -> list[str]:
+    """What the world's rules would fail on, or silently not make: factor values it does not draw, datasets
+    that a task or a shifted set names but the world lacks, a CLIP image size other than the world's, GroupNorm
+    groups that do not divide the generator's widths."""
+    world = config.get("world")
+    if not world:
+        return []
+    from .world.render import FACTORS
+
+    problems, datasets = [], world["datasets"]
+    known = ", ".join(datasets)
+    for name, spec in datasets.items():
+        for factor, values in (spec.get("values") or {}).items():
+            unknown = [v for v in values if v not in FACTORS[factor]]
+            if factor not in spec["factors"]:
+                problems.append(f"config key 'world.datasets.{name}.values.{factor}': {factor} is not one of its "
+                                f"factors ({', '.join(spec['factors'])})")
+            elif unknown:
+                problems.append(f"config key 'world.datasets.{name}.values.{factor}': the world draws no "
+                                f"{factor} {', '.join(map(repr, unknown))} (it draws {', '.join(FACTORS[factor])})")
+    unknown = [name for name in ((world.get("shifted") or {}).get("per_class") or {}) if name not in datasets]
+    if unknown:
+        problems.append(f"config key 'world.shifted.per_class': no world dataset {', '.join(map(repr, unknown))} "
+                        f"(world.datasets: {known})")
+    for task in config["tasks"]:
+        spec = config["task_settings"][task]
+        roots = {f"task_settings.{task}.dataset.root": spec["dataset"]["root"]}
+        roots.update({f"task_settings.{task}.eval_sets.{name}.dataset.root": s["dataset"]["root"]
+                      for name, s in (spec.get("eval_sets") or {}).items()})
+        for key, root in roots.items():
+            name = _world_dataset_of(root)
+            if name is not None and name not in datasets:
+                problems.append(f"config key '{key}': the world makes no dataset {name!r} (world.datasets: {known})")
+    vision = world["clip"]["model_cfg"]["vision_cfg"]
+    size = vision.get("image_size", 224)  # open_clip's default
+    if size != world["image_size"]:
+        problems.append(f"config key 'world.clip.model_cfg.vision_cfg.image_size': {size} is not world.image_size "
+                        f"{world['image_size']} (the world CLIP trains on the world's images as they are)")
+    generator = world.get("generator") or {}
+    for part in ("vae", "unet"):
+        groups, widths = generator.get(f"{part}_norm_num_groups"), generator.get(f"{part}_block_out_channels")
+        if groups and widths and any(w % groups for w in widths):
+            problems.append(f"config key 'world.generator.{part}_norm_num_groups': {groups} groups do not divide "
+                            f"every width of world.generator.{part}_block_out_channels {widths} (GroupNorm needs it)")
     return problems
 
 
@@ -262,6 +361,7 @@ def check_config(config: dict, schema_path: str) -> None:
         missing = path_errors({**config, "tasks": [t for t in config["tasks"] if t in config["task_settings"]]})
         problems += missing
     if problems:
+        problems = list(dict.fromkeys(problems))  # each once: sources that share a model each check it
         hint = ("\n(what to download for real models and data, and where: README, \"Running the paper's experiment\")"
                 if missing and not config.get("world") else "")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems) + hint)

@@ -747,6 +747,56 @@ def config_problems(config: dict) -> list[str]:
         elif s.get("kind") and s["kind"] not in INSTANCE_KINDS:
             problems.append(f"config key 'source_settings.{name}.kind': {s['kind']!r} is not one of "
                             f"{', '.join(INSTANCE_KINDS)}")
+        elif s and not s.get("kind") and name not in SOURCES:  # a misspelt source: its options would go nowhere
+            problems.append(f"config key 'source_settings.{name}': no source {name!r}: options of a built-in source "
+                            f"({', '.join(SOURCES)}), or a new source with a kind")
+    return problems
+
+
+def supply(src: Source, config: dict, task: str) -> tuple[int, str] | None:
+    """The most images a source can hand one task's cells, as the config fixes it before anything runs (all it
+    makes or draws, before curation drops any), and the key that fixes it; None where only running tells:
+    retrieved (the pool's hits), real (cells by per_class, not scales), mixed (its parents')."""
+    if src.kind == "synthetic":
+        own = "images" in (config["task_settings"][task].get("prompts") or {})
+        return stage_settings(config, "prompts", task)["images"], f"task_settings.{task}.prompts.images" if own else "prompts.images"
+    if src.kind == "img2img":
+        images = src.settings(config).get("images")
+        return (images, f"source_settings.{src.name}.images") if images else None
+    if src.kind == "random":
+        default = "" if "pool_sample" in src.settings(config) else " (its default)"
+        return random_settings(src, config)["pool_sample"], f"source_settings.{src.name}.pool_sample{default}"
+    return None
+
+
+def supply_problems(config: dict) -> list[str]:
+    """Scales a source cannot supply at all, whatever the curation keeps: more images than it makes or draws
+    (one line per source, its largest such scale). A cell whose source kept fewer images than its scale after
+    curation is allowed: it trains on what there is and is marked short (README, "Reading the tables")."""
+    problems = []
+    for src in sources_of(config):
+        key = f"source_settings.{src.name}.scales" if src.settings(config).get("scales") else "scales"
+        if src.kind == "mixed":  # each part against its own source
+            settings = mix_settings(src, config)
+            wants = [(n, parent, part) for n in grid_scales(src, config) for r in settings["ratios"]
+                     for parent, part in zip(settings["of"], split_total(n, r))]
+        elif src.cells_fn is None:  # cells by scale
+            wants = [(n, src.name, n) for n in grid_scales(src, config)]
+        else:
+            continue
+        try:
+            parents = {name: source(name, config) for _, name, _ in wants}
+        except ConfigError:  # a mix of an unknown source: _mixed_problems names it
+            continue
+        for task in config["tasks"]:
+            short = [(n, name, part, *most) for n, name, part in wants
+                     if (most := supply(parents[name], config, task)) is not None and part > most[0]]
+            if short:
+                n, name, part, most, most_key = max(short)
+                takes = f"{part} images of {name!r}, more than it" if name != src.name else "more images than it"
+                problems.append(f"config key '{key}': scale {n} of source {src.name!r} takes {takes} can supply "
+                                f"for task {task} ({most_key}: {most}, before curation drops any)")
+                break
     return problems
 
 
