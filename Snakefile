@@ -51,6 +51,12 @@ include: "rules/report.smk"
 report: "report/workflow.rst"
 
 
+# one run per working directory: a second one that would execute jobs stops here with a message
+# naming the first (synret.workflow.hold_run_lock); dry runs and --report are not held back
+onstart:
+    hold_run_lock()
+
+
 # short torch jobs run in a fork server that imported the libraries once (synret.jobserver); it
 # exits when the run does, or when idle
 onsuccess:

@@ -71,6 +71,15 @@ SEEDS = config["seeds"]
 WORLD = config["world"]
 
 
+def hold_run_lock():
+    from synret.workflow import RunLocked, hold_run_lock as hold
+
+    try:
+        hold()
+    except RunLocked as e:
+        raise WorkflowError(str(e))
+
+
 def stop_job_server():
     from synret.jobserver import shutdown
 

@@ -218,3 +218,46 @@ def run_job(smk: Any, main: Callable[[Any, Callable[[str], None]], None], uses_t
         print(message, file=sys.__stderr__, flush=True)
         sys.exit(1)
     log(f"done: {usage()}{gpu_usage()}")
+
+
+# ---------------------------------------------------------------- one run per working directory
+
+RUN_LOCK = ".snakemake/synret-run.lock"
+_held_run_lock = None  # the open lock file of this process's run, held until the process ends
+
+
+class RunLocked(RuntimeError):
+    """Another run of the workflow is executing jobs in this working directory."""
+
+
+def hold_run_lock(directory: str | Path = ".") -> None:
+    """Take the working directory's run lock for as long as this process lives, or raise RunLocked naming
+    the run that holds it. An flock: the kernel releases it when its holder ends however it ends (a kill
+    included), so it never goes stale and never needs clearing, unlike Snakemake's own locks, which
+    ``--unlock`` removes also while a run is active."""
+    import fcntl
+    import shlex
+
+    global _held_run_lock
+    if _held_run_lock is not None:
+        return
+    path = Path(directory) / RUN_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunLocked(
+            f"another run of this workflow is executing jobs in {Path(directory).resolve()}: {holder}. "
+            "Two runs in one working directory would write the same files; wait for it to finish or stop it "
+            "(Ctrl-C), then run again. (snakemake --unlock does not stop it; this lock ends with that process.)"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}, "
+                 f"command: {shlex.join(sys.argv)[:300]}\n")
+    handle.flush()
+    _held_run_lock = handle
