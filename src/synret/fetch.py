@@ -147,8 +147,8 @@ def url_table(candidates: pa.Table) -> pa.Table:
 
 def _list_hash(urls: pa.Table, settings: dict) -> str:
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for url in urls.column("url").to_pylist():
-        digest.update(url.encode() + b"\n")
+    for url in urls.column("url").to_pylist():  # JSON: a missing URL (None) hashes apart from an empty one
+        digest.update(json.dumps(url).encode() + b"\n")
     return digest.hexdigest()
 
 
