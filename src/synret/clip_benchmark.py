@@ -97,6 +97,11 @@ def iter_samples(shard: str | Path, n_classes: int) -> Iterator[tuple[str, str, 
         with tarfile.open(shard) as tar:
             for member in tar:
                 if member.isfile():
+                    segments = member.name.replace("\\", "/").split("/")
+                    if member.name.startswith("/") or ".." in segments or "\0" in member.name:
+                        # its key would name a path outside the folder the samples are unpacked into
+                        raise LayoutError(f"shard {str(shard)!r} has a member named {member.name!r}, an absolute "
+                                          "or parent-relative path; not a webdataset shard to unpack")
                     key, ext = _member_key(member.name)
                     samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError) as e:
@@ -124,6 +129,8 @@ def extract_split(root: str | Path, split: str, out: str | Path) -> tuple[list[s
         stem = shard.name[: -len(".tar")]
         for key, ext, data, label in iter_samples(shard, n_classes):
             target = Path(out) / stem / f"{key}.{ext}"
+            if not target.resolve().is_relative_to(Path(out).resolve()):  # iter_samples refuses such keys
+                raise LayoutError(f"shard {str(shard)!r}: sample {key!r} would be written outside {str(out)!r}")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
             keys.append(f"{stem}/{key}")

@@ -5,6 +5,10 @@ decide our job's fate) and writes webdataset shards plus per-shard parquet and s
 are counted, never fatal. Work happens in ``<out>.partial`` and is renamed into place at the end, so
 an interrupted job leaves no output that a later job would consume, and a rerun with the same URL
 list resumes from the shards already finished (img2dataset's incremental mode).
+
+Each URL is fetched by ``synret.safe_fetch`` in place of img2dataset's own fetch: http(s) only, a total
+deadline, a byte cap and a pixel cap per URL (``retrieval.download.deadline_s``, ``max_bytes``,
+``max_pixels``); every failure's reason is in the manifest (``error_message``) and counted by class.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .progress import Progress
+from .safe_fetch import ENV as FETCH_LIMITS_ENV, failure_class, limits as fetch_limits
 from .workflow import write_json
 
 
@@ -142,8 +147,8 @@ def url_table(candidates: pa.Table) -> pa.Table:
 
 def _list_hash(urls: pa.Table, settings: dict) -> str:
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for url in urls.column("url").to_pylist():
-        digest.update(url.encode() + b"\n")
+    for url in urls.column("url").to_pylist():  # JSON: a missing URL (None) hashes apart from an empty one
+        digest.update(json.dumps(url).encode() + b"\n")
     return digest.hexdigest()
 
 
@@ -187,7 +192,9 @@ def run_img2dataset(url_list: Path, out_dir: Path, cfg: dict, log_file=None, log
         "enable_wandb": False,
         "compute_hash": "sha256",
     }
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    bounds = fetch_limits(cfg)  # the bounded fetch in every img2dataset process reads them (synret.safe_fetch)
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", FETCH_LIMITS_ENV: json.dumps(bounds),
+           "OPENCV_IO_MAX_IMAGE_PIXELS": str(bounds["max_pixels"])}  # the resizer's decoder: the same pixel cap
     try:
         total = pq.read_metadata(url_list).num_rows
     except (OSError, pa.ArrowException):  # no readable list: img2dataset says what is wrong with it
@@ -250,6 +257,14 @@ def download(candidates: pa.Table, out_dir: str | Path, cfg: dict, log: Callable
     counts = {"urls": urls.num_rows, "status": {s["values"]: s["counts"] for s in status}}
     errors = pc.value_counts(pc.drop_null(results.column("error_message"))).to_pylist()
     counts["errors"] = {e["values"][:120]: e["counts"] for e in sorted(errors, key=lambda e: -e["counts"])[:20]}
+    # every failure by its class (synret.safe_fetch's reasons are "<class>: <detail>"), all of them
+    classes: dict[str, int] = {}
+    for status, error in zip(results.column("status").to_pylist(), results.column("error_message").to_pylist()):
+        if status != "success":
+            name = failure_class(error) or status
+            classes[name] = classes.get(name, 0) + 1
+    counts["failures"] = dict(sorted(classes.items(), key=lambda item: (-item[1], item[0])))
+    counts["limits"] = fetch_limits(cfg)
     return manifest, counts
 
 

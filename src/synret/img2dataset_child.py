@@ -12,7 +12,9 @@ worker paid that three times (most of the ~18 CPU s of a demo download job). Run
 - wandb and albumentations are deferred: they run on the first use of one of their names, so wandb never with ``enable_wandb=False`` and albumentations only in a worker that resizes.
 
 This module is the main module of the process, so a spawned child imports it again (as ``__mp_main__``)
-before it unpickles its work: the same holds in every process of the download.
+before it unpickles its work: the same holds in every process of the download. So does the bounded fetch
+(``synret.safe_fetch``) that replaces img2dataset's per-URL ``download_image`` here: http(s) only, a total
+deadline and a byte cap per URL, limits from the environment that ``synret.fetch.run_img2dataset`` sets.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from .imports import defer, hide
 
 hide("torch")
 defer("wandb", "albumentations")
+
+from .safe_fetch import install  # noqa: E402 - after hide/defer, which must precede img2dataset's import
+
+install()
 
 if __name__ == "__main__":
     import json

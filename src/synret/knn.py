@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .pool_text import as_str, as_text
 from .progress import Progress
 
 MODALITIES = ("image", "text")
@@ -166,7 +167,7 @@ def _hits_table(out: dict, meta: pa.Table, columns: dict[str, str], source: str,
         if column:
             if column not in meta.column_names:
                 raise KeyError(f"{source} has no column {column!r} (config key '{key}.{role}')")
-            table = table.append_column(role, meta.column(column).cast(pa.string()))
+            table = table.append_column(role, as_text(meta.column(column)))  # invalid UTF-8: U+FFFD
     return table
 
 
@@ -205,7 +206,7 @@ def service_hits(
                     raise KeyError(f"the kNN service {client.url} has no column {column!r} "
                                    f"(config key 'pool.knn_service.columns.{role}')")
                 value = result[column]
-                values.append(None if value is None else str(value))
+                values.append(as_str(value))  # a JSON \udXXX escape: U+FFFD, not a crash
         progress.update()
     progress.done()
     table = pa.table({name: pa.array(values, pa.string()) for name, values in meta.items()})

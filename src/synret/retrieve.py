@@ -12,6 +12,8 @@ import hashlib
 import pandas as pd
 import pyarrow as pa
 
+from .pool_text import text_columns
+
 HIT_COLUMNS = ["label", "query", "method", "score", "id", "url", "caption", "nsfw", "planted_from"]
 
 
@@ -111,7 +113,8 @@ def random_pool_sample(parts: list[str], columns: dict[str, str], n: int, seed: 
         if missing:
             raise KeyError(f"{path}: no column {', '.join(missing)}")
         for batch in file.iter_batches(batch_size=batch_rows, columns=list(wanted.values())):
-            df = batch.to_pandas().rename(columns={col: role for role, col in wanted.items()})
+            # invalid UTF-8 (in a string or binary column) becomes U+FFFD rather than stop the scan
+            df = text_columns(batch).to_pandas().rename(columns={col: role for role, col in wanted.items()})
             seen += len(df)
             if "nsfw" in df:
                 nsfw = df["nsfw"].isin(drop_nsfw)

@@ -36,6 +36,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from scipy import sparse
 
+from .pool_text import as_text
+
 try:  # optional: without it ASCII captions are tokenized with array operations (slower, the same matches)
     import hyperscan
 except ImportError:
@@ -393,12 +395,14 @@ def scan_parquet(path: str, matcher: TermMatcher, columns: dict[str, str], batch
     for batch in file.iter_batches(batch_size=batch_rows, columns=list(wanted.values())):
         if matcher.prefilter is None:
             break
-        rows, alts = matcher.match_batch(batch.column(wanted["caption"]))
+        captions = as_text(batch.column(wanted["caption"]))  # invalid UTF-8 in a caption: U+FFFD, not a crash
+        rows, alts = matcher.match_batch(captions)
         if len(rows) == 0:
             continue
-        hit = batch.take(pa.array(rows))
+        take = pa.array(rows)
         columns = {"label": pa.array(labels[alts], pa.int32()), "query": queries.take(pa.array(alts))}
-        columns.update({role: hit.column(col).cast(pa.string()) for role, col in wanted.items()})
+        columns.update({role: captions.take(take) if role == "caption" else as_text(batch.column(col).take(take))
+                        for role, col in wanted.items()})
         parts.append(pa.table(columns))
     schema = pa.schema([("label", pa.int32()), ("query", pa.string())] + [(role, pa.string()) for role in wanted])
     return pa.concat_tables(parts).cast(schema) if parts else schema.empty_table()
