@@ -36,9 +36,11 @@ from synret.config import (
     knn_model_settings,
     pool_columns,
     produced_by_world,
+    report_settings as quality_report_settings,
     serve_settings,
     stage_settings,
     task_definition,
+    world_truth_of,
 )
 from synret.sources import (
     aggregate_grid,
@@ -54,7 +56,6 @@ from synret.sources import (
     source_style,
     synthetic_sources_of,
 )
-from synret.quality import report_settings as quality_report_settings, world_truth_of
 
 try:
     check_config(config, os.path.join(workflow.basedir, "config.schema.yaml"))
@@ -315,7 +316,7 @@ from synret.compute import data_plan
 
 
 def report_settings(wildcards=None):
-    """The ``report`` block with its defaults (synret.quality.report_settings)."""
+    """The ``report`` block with its defaults (synret.config.report_settings)."""
     return canonical(quality_report_settings(config))
 
 

@@ -26,8 +26,8 @@ from synret.quality import (
     vendi_score,
     within_class_similarity,
     world_truth,
-    world_truth_of,
 )
+from synret.config import world_truth_of
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Mapping, Sequence
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from .workflow import GPU_MARK
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas is imported where a table is made: the Snakefile imports this module at every start
 
 DATA_STAGES = ("generation", "retrieval", "download", "curation")
 
@@ -33,6 +35,8 @@ DATA_STAGES = ("generation", "retrieval", "download", "curation")
 def read_benchmark(path: str | Path) -> dict:
     """A Snakemake benchmark record: wall seconds, CPU seconds, peak resident memory (MB). Where a job ran
     more than once (``benchmark: repeat``), the mean."""
+    import pandas as pd
+
     t = pd.read_csv(path, sep="\t")
     if not len(t) or "s" not in t:
         raise ValueError(f"{path}: not a Snakemake benchmark record (no 's' column)")
@@ -88,6 +92,8 @@ def data_table(plan: Mapping[str, Mapping[str, dict]], kept: Mapping[tuple[str, 
     """One row per (task, source, stage): jobs, wall / CPU / GPU seconds summed over the stage's records.
     ``plan``: task -> source -> {"kind", "stages": {stage: [benchmark paths]}}; a missing record is an
     error naming it (the jobs ran, so Snakemake wrote it). ``kept``: the curated images of each source."""
+    import pandas as pd
+
     rows = []
     for task, sources in plan.items():
         for name, entry in sources.items():
@@ -109,7 +115,7 @@ def per_image_cost(data: pd.DataFrame) -> dict[tuple[str, str], dict]:
     out = {}
     for (task, name), group in data.groupby(["task", "source"], sort=False):
         kept = group["kept"].iloc[0]
-        out[(task, name)] = {k: (float(group[k].sum()) / kept if kept else np.nan) for k in ("wall_s", "cpu_s", "gpu_s")}
+        out[(task, name)] = {k: (float(group[k].sum()) / kept if kept else float("nan")) for k in ("wall_s", "cpu_s", "gpu_s")}
     return out
 
 
@@ -120,6 +126,8 @@ def cell_table(cells: pd.DataFrame, data: pd.DataFrame, cell_dir) -> pd.DataFram
     names of the cell under results/cells (``task/source/size/seed<seed>``): its benchmark record is
     ``results/benchmarks/cells/<that>.tsv`` and ``results/cells/<that>/train_manifest.parquet`` lists the
     images it trained on."""
+    import pandas as pd
+
     import pyarrow.parquet as pq
 
     rate = per_image_cost(data)
@@ -229,6 +237,8 @@ def estimated_compute(config: dict, pool_parts: int) -> tuple[pd.DataFrame, pd.D
     (its per-unit rates, with their margin, but not the minimum request or the rounding up to minutes).
     Jobs the model has no rate for (candidate lists, pool samples) count 0; a curation job is sized for
     the task's synthetic image count."""
+    import pandas as pd
+
     from .resources import ESTIMATORS, JobInputs
     from .sources import grid
 

@@ -396,3 +396,27 @@ def shifted_params(world: dict, dataset: str) -> dict:
         "shifted": {"style": shifted["style"], "templates": shifted["templates"],
                     "per_class": {dataset: shifted["per_class"].get(dataset, 0)}},
     })
+
+
+# ---------------------------------------------------------------- the report (synret.quality)
+
+REPORT_DEFAULTS = {"sample_classes": 4, "kept_per_class": 3, "dropped_per_class": 2, "vendi_images_per_class": 20,
+                   "seed": 0}
+
+
+def report_settings(config: dict) -> dict:
+    """The config's ``report`` block over its defaults (the block is optional)."""
+    return {**REPORT_DEFAULTS, **(config.get("report") or {})}
+
+
+def world_truth_of(config: dict, task: str) -> dict | None:
+    """Where the demo world renders the task's dataset: ``{"factors": [...]}``, the factors that name its
+    classes (the pool's ``true_<factor>`` columns hold each pool image's); None for any other dataset."""
+    world = config.get("world")
+    if not world:
+        return None
+    root = os.path.normpath(str(task_definition(config, task)["dataset"].get("root", "")))
+    name = os.path.basename(root)
+    if os.path.dirname(root) != os.path.normpath(WORLD_PRODUCTS["datasets"]) or name not in world["datasets"]:
+        return None
+    return {"factors": list(world["datasets"][name]["factors"])}

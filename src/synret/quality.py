@@ -21,7 +21,6 @@ images and dropped ones (with their reason), with their prompt or caption and CL
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Sequence
 
 import numpy as np
@@ -30,13 +29,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
-REPORT_DEFAULTS = {"sample_classes": 4, "kept_per_class": 3, "dropped_per_class": 2, "vendi_images_per_class": 20,
-                   "seed": 0}
-
-
-def report_settings(config: dict) -> dict:
-    """The config's ``report`` block over its defaults (the block is optional)."""
-    return {**REPORT_DEFAULTS, **(config.get("report") or {})}
 SAMPLE_COLUMNS = ["key", "label", "classname", "text", "clip_score", "kept", "drop_reason", "image"]
 
 
@@ -107,21 +99,6 @@ def quantiles(values: pd.Series) -> dict | None:
 
 
 # ----------------------------------------------------------------------------- ground truth
-
-
-def world_truth_of(config: dict, task: str) -> dict | None:
-    """Where the demo world renders the task's dataset: ``{"factors": [...]}``, the factors that name its
-    classes (the pool's ``true_<factor>`` columns hold each pool image's); None for any other dataset."""
-    from .config import WORLD_PRODUCTS, task_definition
-
-    world = config.get("world")
-    if not world:
-        return None
-    root = os.path.normpath(str(task_definition(config, task)["dataset"].get("root", "")))
-    name = os.path.basename(root)
-    if os.path.dirname(root) != os.path.normpath(WORLD_PRODUCTS["datasets"]) or name not in world["datasets"]:
-        return None
-    return {"factors": list(world["datasets"][name]["factors"])}
 
 
 def world_truth(pool_parts: Sequence[str], factors: Sequence[str], url_column: str) -> dict[str, str]:
