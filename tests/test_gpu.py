@@ -102,3 +102,15 @@ def test_vit_b16_finetuning_steps_in_bf16(tmp_path, setting):
         paths.append(str(path))
     result = evaluate(model, paths, labels[:20], 10, clip.preprocess_val, 16, device, precision)
     assert result["n"] == 20 and 0.0 <= result["top1"] <= 1.0
+
+
+def test_cuda_out_of_memory_names_the_batch_size_key():
+    """A real CUDA allocation beyond the device's memory: the job's message names the config key to lower."""
+    from synret.exhaustion import explain
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    with pytest.raises(torch.OutOfMemoryError) as caught:
+        torch.empty(2 * total, dtype=torch.uint8, device="cuda")
+    message = explain(caught.value, "finetune", 20000, [])
+    assert message.startswith("out of GPU memory (OutOfMemoryError") and "finetune.batch_size" in message
+    assert "mem_mb" not in message  # host memory is not what ran out

@@ -12,7 +12,9 @@ pyarrow once, and forks a child per job:
 - the server forks; the child takes on the job's environment, directory and descriptors and runs
   the job's script (Snakemake's generated script, preamble included) as ``__main__``; the job's
   ``run_job`` then runs ``main`` in the child (threads set with ``torch.set_num_threads``);
-- the child reports its exit status over the connection, and the job process exits with it. If the
+- the child reports its exit status over the connection, and the job process exits with it; where a
+  signal ends the child (the out-of-memory killer's SIGKILL), the server, which reaps it, reports the
+  signal and the child's peak memory instead, for the job to explain (``synret.exhaustion``). If the
   job process dies (Snakemake cancelled it, a kill), the child notices the closed connection and
   kills itself: no orphan writes outputs after the scheduler gave up on them.
 
@@ -176,8 +178,9 @@ def _recv(sock: socket.socket, with_fds: int = 0) -> tuple[dict | None, list[int
     return json.loads(data), fds
 
 
-def delegate(log: callable) -> int | None:
-    """Run this job's script in a server child; its exit status, or None where no server is to be had."""
+def delegate(log: callable, on_kill: callable | None = None) -> int | None:
+    """Run this job's script in a server child; its exit status, or None where no server is to be had.
+    ``on_kill(signal, peak_mib, oom_killed)`` reports a child that a signal ended (the server saw it)."""
     script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
     if script is None or not script.is_file():
         return None
@@ -204,6 +207,8 @@ def delegate(log: callable) -> int | None:
     if reply is None:
         print("ERROR: the job's server process ended without a status (killed?)", file=sys.stderr, flush=True)
         return 1
+    if reply.get("signal") and on_kill is not None:
+        on_kill(int(reply["signal"]), reply.get("peak_mib"), reply.get("oom"))
     return int(reply["status"])
 
 
@@ -268,6 +273,8 @@ def _run_child(conn: socket.socket, request: dict, fds: list[int]) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
         threading.Thread(target=watch, daemon=True).start()
+        with contextlib.suppress(OSError):  # the job, not the server all jobs need, is the OOM killer's choice
+            Path("/proc/self/oom_score_adj").write_text("500")
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         import runpy
 
@@ -288,12 +295,42 @@ def _run_child(conn: socket.socket, request: dict, fds: list[int]) -> None:
         os._exit(status)
 
 
+def _reap(children: dict[int, tuple[socket.socket, int | None]], counted: Path | None) -> int:
+    """Collect finished children; tell the job of one that a signal ended how it ended (its own status
+    message never came). Returns how many were reaped."""
+    from .exhaustion import oom_kills
+
+    reaped = 0
+    while children:
+        try:
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        reaped += 1
+        conn, before = children.pop(pid, (None, None))
+        if conn is None:
+            continue
+        if os.WIFSIGNALED(status):
+            after = oom_kills(counted)
+            signum = os.WTERMSIG(status)
+            with contextlib.suppress(OSError):
+                _send(conn, {"status": 128 + signum, "signal": signum, "peak_mib": usage.ru_maxrss / 1024,
+                             "oom": None if before is None or after is None else after > before})
+        conn.close()
+    return reaped
+
+
 def serve(path: str | Path, idle: float = IDLE_SECONDS) -> None:
     """Preload, listen on ``path`` and fork a child per job until idle for ``idle`` seconds."""
+    from .exhaustion import memory_cgroup, oom_kills
+
     path = Path(path)
     start = time.time()
     loaded = _preload()
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    children: dict[int, tuple[socket.socket, int | None]] = {}  # pid -> (its job's connection, OOM kills then)
+    counted = memory_cgroup()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     tmp = path.with_name(path.name + f".{os.getpid()}")
     tmp.unlink(missing_ok=True)
@@ -306,9 +343,11 @@ def serve(path: str | Path, idle: float = IDLE_SECONDS) -> None:
     last = time.time()
     try:
         while True:
-            ready, _, _ = select.select([listener], [], [], 1.0)
+            ready, _, _ = select.select([listener], [], [], 0.2 if children else 1.0)
+            if _reap(children, counted):
+                last = time.time()
             if not ready:
-                if time.time() - last > idle:
+                if not children and time.time() - last > idle:
                     print(f"idle for {idle:.0f}s: exiting", flush=True)
                     return
                 continue
@@ -321,14 +360,19 @@ def serve(path: str | Path, idle: float = IDLE_SECONDS) -> None:
                     print("told to exit", flush=True)
                     return
                 continue
+            before = oom_kills(counted)
             pid = os.fork()
             if pid == 0:
                 listener.close()
+                for other, _ in children.values():
+                    other.close()
                 _run_child(conn, request, fds)
             for fd in fds:
                 os.close(fd)
-            conn.close()
+            children[pid] = (conn, before)  # kept until the child is reaped, to report how it ended
     finally:
+        for conn, _ in children.values():
+            conn.close()
         with contextlib.suppress(OSError):
             if os.stat(path).st_ino == inode:  # still ours, not a successor's
                 path.unlink()

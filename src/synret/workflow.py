@@ -16,10 +16,12 @@ into one line naming the problem, instead of a traceback (set SYNRET_DEBUG=1 to 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -173,51 +175,174 @@ def run_job(smk: Any, main: Callable[[Any, Callable[[str], None]], None], uses_t
     """Run an adapter's ``main(snakemake, log)`` with logging, threads and clean error messages.
 
     ``job_server``: a short torch job runs in a child of the workflow's fork server, which imported
-    the libraries once (see ``synret.jobserver``), wherever that is enabled; else in this process.
+    the libraries once (see ``synret.jobserver``), wherever that is enabled; else in a child of this
+    process, which waits for it and reports it if it is killed (``synret.exhaustion``: a job that the
+    out-of-memory killer ends cannot say so itself).
     """
     log_path = smk.log[0] if len(smk.log) else None
     stream = open(log_path, "a", buffering=1) if log_path else sys.stderr
     start = time.time()
 
     def log(message: str) -> None:
-        print(f"[{time.time() - start:7.1f}s] {message}", file=stream, flush=True)
+        with contextlib.suppress(OSError):  # a full disk under the log must not end the job by itself
+            print(f"[{time.time() - start:7.1f}s] {message}", file=stream, flush=True)
 
+    def fail(message: str) -> None:
+        message = f"ERROR in rule {smk.rule}: {message}"
+        for target in (sys.__stderr__, stream):  # stderr first: Snakemake shows it also where the log's disk is full
+            with contextlib.suppress(OSError, ValueError):
+                print(message, file=target, flush=True)
+
+    from .exhaustion import enforcement, explain, explain_kill
+
+    mem_mb = _mem_mb(smk)
+    try:
+        enforce = enforcement()
+    except ValueError as e:
+        fail(str(e))
+        sys.exit(1)
     if uses_torch:
         from .imports import defer
 
         defer("wandb")  # timm imports it if installed (img2dataset installs it) and never uses it here
-    if job_server and uses_torch:
+    if job_server and uses_torch and not enforce:
         from . import jobserver
 
         if jobserver.enabled():
-            status = jobserver.delegate(log)
+            status = jobserver.delegate(
+                log, on_kill=lambda sig, peak, oom: fail(explain_kill(sig, peak, oom, smk.rule, mem_mb)))
             if status is not None:
                 stream.flush()
                 sys.exit(status)
+    report = None  # the pipe to the supervising parent, where there is one
+    if not os.environ.get("SYNRET_JOB_SERVER_CHILD"):
+        report = _supervise(smk.rule, mem_mb, enforce, log, fail)  # returns in the child only
     if log_path:
         sys.stdout = sys.stderr = stream
     if uses_torch and "torch" in sys.modules and os.environ.get("SYNRET_JOB_SERVER_CHILD"):
         log(f"served by the job server (pid {os.getpid()}, forked from {os.getppid()})")
 
-    if uses_torch:
-        cores = int(os.environ.get("SYNRET_WORKFLOW_CORES") or smk.resources.get("_cores") or 0) or None
-        compute = getattr(smk.params, "compute_threads", None)
-        n = configure_threads(smk.threads, cores, compute)
-        kernels = ", ".join(f"{k}={os.environ[k]}" for k in PINNED_KERNELS if k in os.environ) or "native kernels"
-        log(f"{n} CPU thread(s){' (fixed by the config)' if compute else ''}, OpenMP wait policy "
-            f"{os.environ['OMP_WAIT_POLICY']} (job threads {smk.threads} of {cores} workflow cores); {kernels}")
-    # a local GPU job gets GPUs of its own (CUDA_VISIBLE_DEVICES); the locks are held until the job ends
-    gpus = assign_local_gpus(smk.resources, log=log)  # noqa: F841
+    status = 0
     try:
+        if uses_torch:
+            cores = int(os.environ.get("SYNRET_WORKFLOW_CORES") or smk.resources.get("_cores") or 0) or None
+            compute = getattr(smk.params, "compute_threads", None)
+            n = configure_threads(smk.threads, cores, compute)
+            kernels = ", ".join(f"{k}={os.environ[k]}" for k in PINNED_KERNELS if k in os.environ) or "native kernels"
+            log(f"{n} CPU thread(s){' (fixed by the config)' if compute else ''}, OpenMP wait policy "
+                f"{os.environ['OMP_WAIT_POLICY']} (job threads {smk.threads} of {cores} workflow cores); {kernels}")
+        # a local GPU job gets GPUs of its own (CUDA_VISIBLE_DEVICES); the locks are held until the job ends
+        gpus = assign_local_gpus(smk.resources, log=log)  # noqa: F841
         main(smk, log)
-    except EXPECTED_ERRORS as e:
+    except (*EXPECTED_ERRORS, MemoryError) as e:
         if os.environ.get("SYNRET_DEBUG"):
-            traceback.print_exc(file=stream)
-        message = f"ERROR in rule {smk.rule}: {type(e).__name__}: {e}"
-        print(message, file=stream, flush=True)
-        print(message, file=sys.__stderr__, flush=True)
+            with contextlib.suppress(OSError):
+                traceback.print_exc(file=stream)
+        paths = [str(p) for p in getattr(smk, "output", [])] + [p for p in [log_path] if p] + [tempfile.gettempdir()]
+        fail(explain(e, smk.rule, mem_mb, paths) or f"{type(e).__name__}: {e}")
+        status = 1
+    except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # noqa: BLE001 - as the interpreter would, then through the same exit
+        if report is None:
+            raise
+        with contextlib.suppress(OSError, ValueError):
+            traceback.print_exc()
+        status = 1
+    if report is None:
+        if status == 0:
+            log(f"done: {usage()}{gpu_usage()}")
+        sys.exit(status)
+    # the supervised child: the parent writes the "done" line (its CPU count includes this process's)
+    for s in (stream, sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            s.flush()
+    with contextlib.suppress(OSError):
+        os.write(report, gpu_usage().encode())
+    os._exit(status)
+
+
+def _mem_mb(smk: Any) -> int | None:
+    try:
+        value = smk.resources.get("mem_mb")
+        return int(value) if value else None
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _supervise(rule: str, mem_mb: int | None, enforce: bool, log, fail) -> int:
+    """Fork the job into a child and return, in the child, the pipe it reports to. The parent waits:
+    it forwards the signals that cancel a job, reports a child killed from outside (the OOM killer), logs
+    the ``done`` line and exits with the child's status. With ``SYNRET_ENFORCE_MEM_MB`` the child is held
+    to ``mem_mb`` (its own memory cgroup, else a data-segment limit)."""
+    import signal
+
+    from .exhaustion import enter_cgroup, job_cgroup, memory_cgroup, oom_kills, remove_cgroup
+
+    group = job_cgroup(mem_mb, f"synret-job-{os.getpid()}") if enforce and mem_mb else None
+    if enforce and mem_mb and group is None:
+        fail("SYNRET_ENFORCE_MEM_MB=1, but no memory cgroup can be made here (the hierarchy is not writable, or "
+             "cgroup v2 does not delegate the memory controller): unset it to run without the limit")
         sys.exit(1)
-    log(f"done: {usage()}{gpu_usage()}")
+    counted = group or memory_cgroup()
+    before = oom_kills(counted)
+    parent = os.getpid()
+    read_end, write_end = os.pipe()
+    for s in (sys.stdout, sys.stderr):
+        s.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        _die_with_parent(parent)
+        if group is not None:
+            enter_cgroup(group)
+        with contextlib.suppress(OSError):  # the job, not its small supervisor, is the OOM killer's choice
+            Path("/proc/self/oom_score_adj").write_text("500")
+        return write_end
+    os.close(write_end)
+    forwarded = []
+
+    def forward(signum, frame):
+        forwarded.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    _, status, child_usage = os.wait4(pid, 0)
+    with os.fdopen(read_end, "rb") as r:
+        gpu_note = r.read().decode(errors="replace")
+    oom = None
+    after = oom_kills(counted)
+    if before is not None and after is not None:
+        oom = after > before
+    remove_cgroup(group)
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        if signum in forwarded:
+            log(f"cancelled ({signal.Signals(signum).name})")
+        else:
+            from .exhaustion import explain_kill
+
+            fail(explain_kill(signum, child_usage.ru_maxrss / 1024, oom, rule, mem_mb))
+        sys.exit(128 + signum)
+    code = os.WEXITSTATUS(status)
+    if code == 0:
+        log(f"done: {usage()}{gpu_note}")
+    sys.exit(code)
+
+
+def _die_with_parent(parent: int) -> None:
+    """A supervised child ends with its parent (a kill of the job process must not leave it writing)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 # ---------------------------------------------------------------- one run per working directory
