@@ -216,7 +216,9 @@ def run_job(smk: Any, main: Callable[[Any, Callable[[str], None]], None], uses_t
                 sys.exit(status)
     report = None  # the pipe to the supervising parent, where there is one
     if not os.environ.get("SYNRET_JOB_SERVER_CHILD"):
-        report = _supervise(smk.rule, mem_mb, enforce, log, fail)  # returns in the child only
+        report = _supervise(smk.rule, mem_mb, enforce, log, fail)
+        if report == FINISHED:  # the parent, once the job succeeded (a failure exits with its status)
+            return
     if log_path:
         sys.stdout = sys.stderr = stream
     if uses_torch and "torch" in sys.modules and os.environ.get("SYNRET_JOB_SERVER_CHILD"):
@@ -252,6 +254,7 @@ def run_job(smk: Any, main: Callable[[Any, Callable[[str], None]], None], uses_t
     if report is None:
         if status == 0:
             log(f"done: {usage()}{gpu_usage()}")
+            return
         sys.exit(status)
     # the supervised child: the parent writes the "done" line (its CPU count includes this process's)
     for s in (stream, sys.stdout, sys.stderr):
@@ -270,10 +273,13 @@ def _mem_mb(smk: Any) -> int | None:
         return None
 
 
+FINISHED = -1  # what _supervise returns in the parent of a job that succeeded
+
+
 def _supervise(rule: str, mem_mb: int | None, enforce: bool, log, fail) -> int:
     """Fork the job into a child and return, in the child, the pipe it reports to. The parent waits:
-    it forwards the signals that cancel a job, reports a child killed from outside (the OOM killer), logs
-    the ``done`` line and exits with the child's status. With ``SYNRET_ENFORCE_MEM_MB`` the child is held
+    it forwards the signals that cancel a job, reports a child killed from outside (the OOM killer), and
+    exits with the child's status, or logs the ``done`` line and returns FINISHED where it succeeded. With ``SYNRET_ENFORCE_MEM_MB`` the child is held
     to ``mem_mb`` (its own memory cgroup, else a data-segment limit)."""
     import signal
 
@@ -327,9 +333,10 @@ def _supervise(rule: str, mem_mb: int | None, enforce: bool, log, fail) -> int:
             fail(explain_kill(signum, child_usage.ru_maxrss / 1024, oom, rule, mem_mb))
         sys.exit(128 + signum)
     code = os.WEXITSTATUS(status)
-    if code == 0:
-        log(f"done: {usage()}{gpu_note}")
-    sys.exit(code)
+    if code:
+        sys.exit(code)
+    log(f"done: {usage()}{gpu_note}")
+    return FINISHED
 
 
 def _die_with_parent(parent: int) -> None:
