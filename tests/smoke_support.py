@@ -64,3 +64,23 @@ REPRODUCIBLE = [  # what must be the same to the bit whatever --cores is and wha
     "results/tables/sources.csv",
     "results/tables/exchange.csv",
 ]
+
+
+def wait_for_file(path: Path, timeout: float) -> bool:
+    """Whether ``path`` appeared within ``timeout`` seconds (a job writes its pid there once started)."""
+    deadline = time.time() + timeout
+    while not path.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    return path.exists()
+
+
+def gone(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` ended within ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from smoke_support import SMOKE, SNAKEMAKE
+from smoke_support import SMOKE, SNAKEMAKE, gone, wait_for_file
 from synret.exhaustion import enter_cgroup, explain, job_cgroup, memory_cgroup, oom_kills, remove_cgroup
 
 JOB = textwrap.dedent('''
@@ -193,9 +193,7 @@ def test_a_job_killed_from_outside_is_reported_without_claiming_oom(jobs):
     proc = subprocess.Popen([sys.executable, "job.py", "sleep", str(out), "own", "500"], cwd=jobs,
                             env=clean_env(SYNRET_JOB_SERVER="0"), stderr=subprocess.PIPE, text=True)
     pid_file = Path(str(out) + ".pid")
-    deadline = time.time() + 60
-    while not pid_file.exists() and time.time() < deadline:
-        time.sleep(0.05)
+    assert wait_for_file(pid_file, 60)
     child = int(pid_file.read_text())
     assert child != proc.pid  # the job runs in a child of the process Snakemake started
     os.kill(child, signal.SIGKILL)
@@ -210,20 +208,11 @@ def test_killing_the_supervisor_takes_the_job_with_it(jobs):
     proc = subprocess.Popen([sys.executable, "job.py", "sleep", str(out), "own", "500"], cwd=jobs,
                             env=clean_env(SYNRET_JOB_SERVER="0"))
     pid_file = Path(str(out) + ".pid")
-    deadline = time.time() + 60
-    while not pid_file.exists() and time.time() < deadline:
-        time.sleep(0.05)
+    assert wait_for_file(pid_file, 60)
     child = int(pid_file.read_text())
     os.kill(proc.pid, signal.SIGKILL)  # as a kill of the job process Snakemake started
     proc.wait()
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    pytest.fail("the job went on writing after its supervising process was killed")
+    assert gone(child, 10), "the job went on writing after its supervising process was killed"
 
 
 def test_a_served_job_killed_by_the_oom_killer_says_so(jobs):
@@ -334,3 +323,20 @@ def test_out_of_memory_then_out_of_disk_then_a_rerun_with_more(smoke_run, tmp_pa
         pd.testing.assert_frame_equal(ours.drop(columns=timing), theirs.drop(columns=timing))
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_write_that_fills_the_disk_leaves_no_partial_file(full_disk):
+    """The atomic writers clean up after a failed write: the space goes back, nothing half-written stays."""
+    import pyarrow as pa
+
+    from synret.workflow import write_json, write_parquet
+
+    mount, filler = full_disk
+    filler.unlink()
+    (mount / "ballast").write_bytes(b"\0" * (60 * 1024))  # 4 KiB left
+    table = pa.table({"x": pa.array(os.urandom(64 * 1024))})
+    with pytest.raises(OSError):
+        write_parquet(table, mount / "big.parquet")
+    with pytest.raises(OSError):
+        write_json(mount / "big.json", {"x": "y" * 64 * 1024})
+    assert sorted(p.name for p in mount.iterdir()) == ["ballast"]

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from smoke_support import gone, wait_for_file
+
 JOB = textwrap.dedent('''
     """A job script like the adapters: builds its `snakemake` object, then run_job(..., job_server=True)."""
     import json, os, sys
@@ -175,23 +177,12 @@ def test_a_killed_job_takes_its_child_with_it(workdir):
     out = workdir / "sleep.json"
     proc = subprocess.Popen([sys.executable, "job.py", "sleep", str(out)], cwd=workdir, env=env())
     pid_file = Path(str(out) + ".pid")
-    deadline = time.time() + 300
-    while not pid_file.exists() and time.time() < deadline:
-        time.sleep(0.1)
-    assert pid_file.exists(), "the served job should have started"
+    assert wait_for_file(pid_file, 300), "the served job should have started"
     child = int(pid_file.read_text())
     assert child != proc.pid
     os.kill(proc.pid, signal.SIGKILL)  # as a scheduler's kill, or a walltime
     proc.wait()
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail("the child went on after its job process was killed")
+    assert gone(child, 10), "the child went on after its job process was killed"
 
 
 def test_disabled_or_inside_slurm_runs_in_process(workdir):
