@@ -326,9 +326,10 @@ def test_out_of_memory_then_out_of_disk_then_a_rerun_with_more(smoke_run, tmp_pa
 
 
 def test_a_write_that_fills_the_disk_leaves_no_partial_file(full_disk):
-    """The atomic writers clean up after a failed write: the space goes back, nothing half-written stays."""
+    """The atomic writers (JSON, parquet, the tables' CSV) clean up after a failed write: the space goes back, nothing half-written stays."""
     import pyarrow as pa
 
+    from synret.aggregate import write_csv
     from synret.workflow import write_json, write_parquet
 
     mount, filler = full_disk
@@ -339,4 +340,6 @@ def test_a_write_that_fills_the_disk_leaves_no_partial_file(full_disk):
         write_parquet(table, mount / "big.parquet")
     with pytest.raises(OSError):
         write_json(mount / "big.json", {"x": "y" * 64 * 1024})
+    with pytest.raises(OSError):
+        write_csv(pd.DataFrame({"x": ["y" * 1024] * 64}), mount / "big.csv")
     assert sorted(p.name for p in mount.iterdir()) == ["ballast"]

@@ -365,8 +365,11 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> None:
     """Write the rounded table atomically (a killed job never leaves half a table under the name)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
-    rounded(df).to_csv(tmp, index=False)
-    tmp.replace(path)
+    try:
+        rounded(df).to_csv(tmp, index=False)
+        tmp.replace(path)
+    finally:  # a failed write (a full disk) leaves no partial file taking the space
+        tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- figures
