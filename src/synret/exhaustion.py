@@ -187,6 +187,21 @@ def oom_kills(cgroup: Path | None) -> int | None:
     return None
 
 
+def oom_killed_since(cgroup: Path | None, before: int | None) -> bool | None:
+    """Whether the OOM killer ended a process of ``cgroup`` since its counter read ``before``; None where
+    the counter cannot be read."""
+    after = oom_kills(cgroup)
+    return None if before is None or after is None else after > before
+
+
+def prefer_for_oom_kill() -> None:
+    """Make this process (a job) the OOM killer's first choice over its supervisor or the job server."""
+    try:
+        Path("/proc/self/oom_score_adj").write_text("500")
+    except OSError:
+        pass
+
+
 # ---------------------------------------------------------------- holding a local job to its mem_mb
 
 

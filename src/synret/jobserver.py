@@ -273,8 +273,9 @@ def _run_child(conn: socket.socket, request: dict, fds: list[int]) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
         threading.Thread(target=watch, daemon=True).start()
-        with contextlib.suppress(OSError):  # the job, not the server all jobs need, is the OOM killer's choice
-            Path("/proc/self/oom_score_adj").write_text("500")
+        from .exhaustion import prefer_for_oom_kill
+
+        prefer_for_oom_kill()  # the job, not the server all jobs need
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         import runpy
 
@@ -298,7 +299,7 @@ def _run_child(conn: socket.socket, request: dict, fds: list[int]) -> None:
 def _reap(children: dict[int, tuple[socket.socket, int | None]], counted: Path | None) -> int:
     """Collect finished children; tell the job of one that a signal ended how it ended (its own status
     message never came). Returns how many were reaped."""
-    from .exhaustion import oom_kills
+    from .exhaustion import oom_killed_since
 
     reaped = 0
     while children:
@@ -313,11 +314,10 @@ def _reap(children: dict[int, tuple[socket.socket, int | None]], counted: Path |
         if conn is None:
             continue
         if os.WIFSIGNALED(status):
-            after = oom_kills(counted)
             signum = os.WTERMSIG(status)
             with contextlib.suppress(OSError):
                 _send(conn, {"status": 128 + signum, "signal": signum, "peak_mib": usage.ru_maxrss / 1024,
-                             "oom": None if before is None or after is None else after > before})
+                             "oom": oom_killed_since(counted, before)})
         conn.close()
     return reaped
 

@@ -285,11 +285,20 @@ FINISHED = -1  # what _supervise returns in the parent of a job that succeeded
 def _supervise(rule: str, mem_mb: int | None, enforce: bool, log, fail) -> int:
     """Fork the job into a child and return, in the child, the pipe it reports to. The parent waits:
     it forwards the signals that cancel a job, reports a child killed from outside (the OOM killer), and
-    exits with the child's status, or logs the ``done`` line and returns FINISHED where it succeeded. With ``SYNRET_ENFORCE_MEM_MB`` the child is held
-    to ``mem_mb`` (its own memory cgroup, else a data-segment limit)."""
+    exits with the child's status, or logs the ``done`` line and returns FINISHED where it succeeded. With
+    ``SYNRET_ENFORCE_MEM_MB=1`` the child is held to ``mem_mb`` in a memory cgroup of its own."""
     import signal
 
-    from .exhaustion import enter_cgroup, job_cgroup, memory_cgroup, oom_kills, remove_cgroup
+    from .exhaustion import (
+        enter_cgroup,
+        explain_kill,
+        job_cgroup,
+        memory_cgroup,
+        oom_killed_since,
+        oom_kills,
+        prefer_for_oom_kill,
+        remove_cgroup,
+    )
 
     group = job_cgroup(mem_mb, f"synret-job-{os.getpid()}") if enforce and mem_mb else None
     if enforce and mem_mb and group is None:
@@ -308,8 +317,7 @@ def _supervise(rule: str, mem_mb: int | None, enforce: bool, log, fail) -> int:
         _die_with_parent(parent)
         if group is not None:
             enter_cgroup(group)
-        with contextlib.suppress(OSError):  # the job, not its small supervisor, is the OOM killer's choice
-            Path("/proc/self/oom_score_adj").write_text("500")
+        prefer_for_oom_kill()  # the job, not its small supervisor
         return write_end
     os.close(write_end)
     forwarded = []
@@ -324,18 +332,13 @@ def _supervise(rule: str, mem_mb: int | None, enforce: bool, log, fail) -> int:
     _, status, child_usage = os.wait4(pid, 0)
     with os.fdopen(read_end, "rb") as r:
         gpu_note = r.read().decode(errors="replace")
-    oom = None
-    after = oom_kills(counted)
-    if before is not None and after is not None:
-        oom = after > before
+    oom = oom_killed_since(counted, before)
     remove_cgroup(group)
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
         if signum in forwarded:
             log(f"cancelled ({signal.Signals(signum).name})")
         else:
-            from .exhaustion import explain_kill
-
             fail(explain_kill(signum, child_usage.ru_maxrss / 1024, oom, rule, mem_mb))
         sys.exit(128 + signum)
     code = os.WEXITSTATUS(status)
