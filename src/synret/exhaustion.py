@@ -70,7 +70,7 @@ def out_of_memory(exc: BaseException) -> str | None:
 
 
 def free_bytes(path: str | os.PathLike) -> tuple[Path, int, int] | None:
-    """(the mount point's nearest existing directory, bytes free to this user, size) under ``path``."""
+    """(``path`` or its nearest existing parent, bytes free there to this user, the filesystem's size)."""
     p = Path(os.path.abspath(path))
     while not p.exists() and p != p.parent:
         p = p.parent
@@ -89,8 +89,8 @@ def mount_point(path: Path) -> Path:
 
 
 def full_disk(exc: BaseException, paths: Iterable[str]) -> str | None:
-    """The message for a write that failed for want of space, else None. ``paths``: the job's outputs
-    and temporary directory, checked for a full filesystem when the error itself does not name one."""
+    """The message for a write that failed for want of space, else None. ``paths``: the job's outputs,
+    log and temporary directory, checked for a full filesystem when the error itself does not name one."""
     code = getattr(exc, "errno", None)
     text = str(exc).lower()
     kind = DISK_ERRNOS.get(code) or next((v for k, v in DISK_TEXTS.items() if k in text), None)
@@ -128,7 +128,10 @@ def explain(exc: BaseException, rule: str, mem_mb: int | None, paths: Iterable[s
 
 def explain_kill(signum: int, peak_mib: float | None, oom_killed: bool | None, rule: str, mem_mb: int | None) -> str:
     """One line for a job process that died of a signal it did not handle."""
-    name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else f"signal {signum}"
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:  # a real-time signal has no name
+        name = f"signal {signum}"
     peak = f" at a peak of {peak_mib:.0f} MiB" if peak_mib else ""
     if oom_killed:
         return f"killed by the kernel's out-of-memory killer ({name}){peak}: {memory_remedy(rule, mem_mb)}"
